@@ -1,0 +1,162 @@
+"""Turning paths, PIL images and numpy arrays into 8-bit RGB images for the model.
+
+Medical images are often 16-bit or floating point. A plain ``convert("RGB")`` clips
+such values at 255 and gives an almost white picture; :func:`to_rgb` rescales them to
+the full 8-bit range instead.
+
+Introduced in ``notebooks/01_quickstart.ipynb``.
+
+Example:
+    >>> import numpy as np
+    >>> from mmkd_utils.images import to_rgb
+    >>> img = to_rgb(np.arange(0, 4096, dtype=np.uint16).reshape(64, 64))
+    >>> img.mode, img.getextrema()[0]
+    ('RGB', (0, 255))
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageLoadError
+
+#: What the package accepts as one image.
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias)
+
+# Modes whose values do not fit in 8 bits: rescaled to 0..255 from their own range.
+_HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;32", "I;32B", "I;32L"}
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file with Pillow and decode it now, with a clear error if it fails.
+
+    Example:
+        >>> open_image("imgs/does_not_exist.png")
+        Traceback (most recent call last):
+        ...
+        mmkd_utils.errors.ImageLoadError: Image imgs/does_not_exist.png does not exist...
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(f"Image {path} does not exist: check the file name and folder.")
+    if path.is_dir():
+        raise ImageLoadError(f"Image {path} is a folder, not an image file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(
+            f"Image {path} is larger than Pillow's safety limit ({err}). If you trust the "
+            "file, raise PIL.Image.MAX_IMAGE_PIXELS or downscale it first."
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(
+            f"Image {path} is not an image Pillow can read (wrong extension, or a text or "
+            "other file?). Convert it to PNG or JPEG."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(
+            f"Image {path} could not be decoded ({err}); the file may be truncated or "
+            "corrupt. Download or export it again."
+        ) from None
+
+
+def _rescale_to_uint8(values: np.ndarray, name: str) -> np.ndarray:
+    """Map the finite range of ``values`` linearly onto 0..255 (non-finite values become 0)."""
+    data = values.astype(np.float64, copy=False)
+    finite = np.isfinite(data)
+    if not finite.any():
+        return np.zeros(data.shape, dtype=np.uint8)
+    lo, hi = float(data[finite].min()), float(data[finite].max())
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = np.where(finite, (data - lo) * scale, 0.0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def array_to_image(array: np.ndarray, name: str = "array") -> Image.Image:
+    """Convert an H×W, H×W×1, H×W×3 or H×W×4 array of any numeric dtype to an RGB image.
+
+    uint8 values are used as they are; other dtypes are rescaled from their own
+    minimum and maximum to 0..255 (never clipped at 255). An alpha channel is dropped.
+
+    Example:
+        >>> import numpy as np
+        >>> array_to_image(np.zeros((4, 5), dtype=np.float32)).size
+        (5, 4)
+    """
+    arr = np.asarray(array)
+    if arr.size == 0:
+        raise ImageLoadError(f"{name} is empty (shape {arr.shape}); pass a non-empty image.")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        hint = (
+            " It looks channels-first: use np.moveaxis(array, 0, -1)."
+            if arr.shape[0] in (1, 3, 4)
+            else ""
+        )
+        raise ImageLoadError(f"{name} has shape {arr.shape}; expected H×W, H×W×3 or H×W×4.{hint}")
+    if arr.ndim not in (2, 3):
+        raise ImageLoadError(
+            f"{name} has {arr.ndim} dimensions (shape {arr.shape}); pass one 2-D image "
+            "(for a volume, choose a slice first)."
+        )
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ImageLoadError(f"{name} has dtype {arr.dtype}; pass a real-valued numeric array.")
+    elif arr.dtype != np.uint8:
+        colour = arr[..., :3] if arr.ndim == 3 else arr
+        arr = _rescale_to_uint8(colour, name)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    return img.convert("RGB")
+
+
+def to_rgb(image: ImageInput) -> Image.Image:
+    """Return ``image`` (a path, PIL image or numpy array) as an 8-bit RGB PIL image.
+
+    Modes L, LA, P, RGB, RGBA, CMYK and the like are converted by Pillow (alpha is
+    dropped, as in the published demo); I;16, I and F images are rescaled to the full
+    8-bit range.
+
+    Example:
+        >>> from PIL import Image
+        >>> to_rgb(Image.new("I;16", (8, 8), 4000)).mode
+        'RGB'
+    """
+    if isinstance(image, (str, os.PathLike)):
+        name = str(image)
+        image = open_image(image)
+    else:
+        name = "image"
+    if isinstance(image, np.ndarray):
+        return array_to_image(image, name="array")
+    if not isinstance(image, Image.Image):
+        raise ImageLoadError(
+            f"Cannot use an object of type {type(image).__name__} as an image; pass a file "
+            "path, a PIL image or a numpy array."
+        )
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError(f"{name} has size {image.size}; it holds no pixels.")
+    if image.mode == "RGB":
+        return image
+    if image.mode in _HIGH_DEPTH_MODES:
+        return array_to_image(np.asarray(image), name=name)
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise ImageLoadError(
+            f"{name} is in PIL mode {image.mode!r}, which could not be converted to RGB "
+            f"({err}). Convert it to RGB yourself first."
+        ) from None

@@ -1,0 +1,47 @@
+"""Shared fixtures: the tiny upstream checkpoint, an isolated cache, no network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Tests never reach the Hugging Face hub: everything they need is in tests/fixtures.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "tiny_upstream"
+TINY_CHECKPOINT = TINY / "checkpoint.pt"
+TINY_TEXT = TINY / "tiny-biomedbert"
+SHARED_DEMO = Path(__file__).resolve().parents[2] / "shared" / "reference" / "demo_images"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache and no MMKD_* variables from the caller."""
+    for name in ("MMKD_CHECKPOINT", "MMKD_TEXT_ENCODER", "MMKD_DEMO_IMAGES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("mmkd_home")))
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The outputs the original MMKD-CLIP code produced for the tiny checkpoint."""
+    with np.load(TINY / "reference_outputs.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The tiny model, loaded once for the session (first load, from the .pth)."""
+    from mmkd_utils import load_model
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("session_home")))
+    try:
+        yield load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
+    finally:
+        mp.undo()

@@ -1,0 +1,486 @@
+"""Tests of mmkd_utils.download against a local HTTP server (no network needed).
+
+The :class:`LocalServer` helper here is also used by test_demo.py and test_cli.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mmkd_utils import download as dl
+from mmkd_utils.download import download_checkpoint, download_url, part_path, sha256_file
+from mmkd_utils.errors import DownloadError, MMKDError
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tiny_upstream"
+CHECKPOINT_BYTES = (FIXTURES / "checkpoint.pt").read_bytes()
+HTML_PAGE = (
+    b"\n  <!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
+    b"<body><p class='uc-error-subcaption'>Too many users have viewed or downloaded this "
+    b"file recently.</p></body></html>\n"
+)
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class Route:
+    """What the local server answers for one path."""
+
+    body: bytes
+    content_type: str = "application/octet-stream"
+    cut_after: int | None = None  # send only this many body bytes, then close
+    ranges: bool = True  # honour "Range: bytes=N-" with 206
+    delay: float = 0.0  # seconds to wait before sending the body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = 5  # a stuck client cannot hold a server thread for long
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        owner: LocalServer = self.server.owner  # type: ignore[attr-defined]
+        with owner.lock:
+            owner.requests.append((self.path, dict(self.headers)))
+            route = owner.routes.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+            return
+        body, start, status = route.body, 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if match and route.ranges:
+            start = int(match[1])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        chunk = body[start:]
+        self.send_response(status)
+        self.send_header("Content-Type", route.content_type)
+        self.send_header("Content-Length", str(len(chunk)))
+        self.send_header("Accept-Ranges", "bytes" if route.ranges else "none")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        time.sleep(route.delay)
+        try:
+            self.wfile.write(chunk if route.cut_after is None else chunk[: route.cut_after])
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+
+class LocalServer:
+    """An HTTP server on 127.0.0.1 in a thread, serving ``routes`` (path -> Route/bytes).
+
+    Use as a context manager; ``requests`` records (path, headers) of every GET.
+    """
+
+    def __init__(self, routes: dict[str, Route | bytes] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        for path, route in (routes or {}).items():
+            self.set(path, route)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.owner = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def set(self, path: str, route: Route | bytes) -> None:
+        with self.lock:
+            self.routes[path] = route if isinstance(route, Route) else Route(route)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
+
+    def hits(self, path: str) -> list[dict[str, str]]:
+        with self.lock:
+            return [headers for p, headers in self.requests if p == path]
+
+    def __enter__(self) -> LocalServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def dead_url(path: str = "/file") -> str:
+    """A URL on a local port where nothing listens (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+@pytest.fixture
+def server():
+    with LocalServer() as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMKD_HOME", str(tmp_path / "home"))
+    for name in ("MMKD_CHECKPOINT", "MMKD_DEMO_IMAGES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # several 1 MiB chunks plus a tail
+
+
+# --------------------------------------------------------------------- download_url
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(PAYLOAD)
+    assert sha256_file(path) == _sha(PAYLOAD)
+
+
+def test_part_path_is_next_to_dest(tmp_path):
+    assert part_path(tmp_path / "a" / "w.pth") == tmp_path / "a" / "w.pth.part"
+
+
+def test_fresh_download_verifies_sha_and_leaves_no_part(server, tmp_path):
+    server.set("/f.bin", PAYLOAD)
+    dest = tmp_path / "sub" / "f.bin"
+    got = download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD).upper())
+    assert got == dest
+    assert dest.read_bytes() == PAYLOAD
+    assert not part_path(dest).exists()
+
+
+def test_sha_mismatch_raises_and_leaves_nothing(server, tmp_path):
+    server.set("/f.bin", PAYLOAD)
+    dest = tmp_path / "f.bin"
+    wrong = "0" * 64
+    with pytest.raises(DownloadError) as info:
+        download_url(server.url("/f.bin"), dest, sha256=wrong)
+    message = str(info.value)
+    assert server.url("/f.bin") in message
+    assert wrong in message and _sha(PAYLOAD) in message
+    assert not dest.exists()
+    assert not part_path(dest).exists()
+
+
+def test_interrupted_download_keeps_part_and_resumes_with_range(server, tmp_path):
+    half = len(PAYLOAD) // 2
+    server.set("/f.bin", Route(PAYLOAD, cut_after=half))
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError) as info:
+        download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD))
+    assert "resume" in str(info.value) and str(part_path(dest)) in str(info.value)
+    assert not dest.exists()
+    assert part_path(dest).read_bytes() == PAYLOAD[:half]
+
+    server.set("/f.bin", PAYLOAD)
+    download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD))
+    assert server.hits("/f.bin")[-1].get("Range") == f"bytes={half}-"
+    assert dest.read_bytes() == PAYLOAD
+    assert not part_path(dest).exists()
+
+
+def test_resume_restarts_from_zero_when_server_ignores_range(server, tmp_path):
+    server.set("/f.bin", Route(PAYLOAD, ranges=False))
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(b"stale bytes of another file")
+    download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD))
+    assert server.hits("/f.bin")[-1].get("Range") == "bytes=27-"
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_part_longer_than_file_restarts_after_416(server, tmp_path):
+    server.set("/f.bin", b"short")
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(b"much longer than the file on the server")
+    download_url(server.url("/f.bin"), dest, sha256=_sha(b"short"))
+    assert dest.read_bytes() == b"short"
+    assert len(server.hits("/f.bin")) == 2
+
+
+def test_existing_good_dest_is_returned_without_network(server, tmp_path):
+    server.set("/f.bin", PAYLOAD)
+    dest = tmp_path / "f.bin"
+    dest.write_bytes(PAYLOAD)
+    assert download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD)) == dest
+    assert download_url(dead_url(), dest) == dest  # no sha: existence is enough
+    assert server.requests == []
+
+
+def test_failed_download_never_replaces_existing_dest(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    dest.write_bytes(b"old good copy")
+    server.set("/f.bin", Route(PAYLOAD, cut_after=1000))
+    for url in (server.url("/f.bin"), server.url("/missing"), dead_url()):
+        with pytest.raises(DownloadError):
+            download_url(url, dest, sha256=_sha(PAYLOAD))  # hash differs: re-download
+        assert dest.read_bytes() == b"old good copy"
+    server.set("/f.bin", PAYLOAD)
+    with pytest.raises(DownloadError):
+        download_url(server.url("/f.bin"), dest, sha256="f" * 64)
+    assert dest.read_bytes() == b"old good copy"
+
+
+def test_verify_failure_deletes_part_and_chains(server, tmp_path):
+    server.set("/f.bin", PAYLOAD)
+    dest = tmp_path / "f.bin"
+    seen = []
+
+    def verify(path: Path) -> None:
+        seen.append(path)
+        raise ValueError("not a real file")
+
+    with pytest.raises(DownloadError) as info:
+        download_url(server.url("/f.bin"), dest, verify=verify)
+    assert seen == [part_path(dest)]
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "not a real file" in str(info.value) and str(dest) in str(info.value)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_unreachable_server_names_url_and_dest(tmp_path):
+    dest = tmp_path / "f.bin"
+    url = dead_url()
+    with pytest.raises(DownloadError) as info:
+        download_url(url, dest, timeout=5)
+    assert url in str(info.value) and str(dest) in str(info.value)
+    assert isinstance(info.value, MMKDError)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_http_error_names_status_and_dest(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError, match="HTTP 404") as info:
+        download_url(server.url("/nothing"), dest)
+    assert str(dest) in str(info.value)
+
+
+def test_concurrent_threads_share_one_download(server, tmp_path):
+    server.set("/f.bin", Route(PAYLOAD, delay=0.3))
+    dest = tmp_path / "f.bin"
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            results.append(download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD)))
+        except Exception as exc:  # collected and asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=15)
+    assert results == [dest, dest]
+    assert dest.read_bytes() == PAYLOAD
+    assert len(server.hits("/f.bin")) == 1  # the second waited and reused the file
+    assert not part_path(dest).exists()
+
+
+def test_concurrent_processes_end_with_identical_file(server, tmp_path):
+    server.set("/f.bin", Route(PAYLOAD, delay=0.5))
+    dest = tmp_path / "f.bin"
+    code = (
+        "import sys; from mmkd_utils.download import download_url; "
+        "print(download_url(sys.argv[1], sys.argv[2], sha256=sys.argv[3]))"
+    )
+    args = [sys.executable, "-c", code, server.url("/f.bin"), str(dest), _sha(PAYLOAD)]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=30) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [out.strip() for out, _ in outputs] == [str(dest), str(dest)]
+    assert dest.read_bytes() == PAYLOAD
+    assert len(server.hits("/f.bin")) == 1
+
+
+# -------------------------------------------------------------- download_checkpoint
+
+
+def test_checkpoint_lands_at_dest(server, tmp_path):
+    server.set("/MMKD_B16.pth", CHECKPOINT_BYTES)
+    dest = tmp_path / "w" / "MMKD_B16.pth"
+    assert download_checkpoint(dest, url=server.url("/MMKD_B16.pth")) == dest
+    assert dest.read_bytes() == CHECKPOINT_BYTES
+    assert sorted(p.name for p in dest.parent.iterdir() if ".part" in p.name) == []
+
+
+def test_checkpoint_default_dest_is_in_mmkd_home(server, tmp_path):
+    server.set("/c.pth", CHECKPOINT_BYTES)
+    got = download_checkpoint(url=server.url("/c.pth"))
+    assert got == tmp_path / "home" / "MMKD_B16.pth"
+    assert got.read_bytes() == CHECKPOINT_BYTES
+
+
+def test_existing_checkpoint_is_returned_without_network(tmp_path):
+    dest = tmp_path / "MMKD_B16.pth"
+    dest.write_bytes(b"whatever is there")
+    assert download_checkpoint(dest, url=dead_url()) == dest
+    assert dest.read_bytes() == b"whatever is there"
+
+
+def test_html_page_is_refused_and_good_copy_kept(server, tmp_path):
+    server.set("/uc", Route(HTML_PAGE, content_type="text/html; charset=utf-8"))
+    dest = tmp_path / "MMKD_B16.pth"
+    dest.write_bytes(CHECKPOINT_BYTES)
+    with pytest.raises(DownloadError) as info:
+        download_checkpoint(dest, url=server.url("/uc"), force=True)
+    message = str(info.value)
+    assert "web page" in message and "quota" in message and "permission" in message
+    assert f"https://drive.google.com/file/d/{dl.paths.DRIVE_FILE_ID}/view" in message
+    assert str(dest) in message and "MMKD_CHECKPOINT" in message
+    assert dest.read_bytes() == CHECKPOINT_BYTES
+    assert not part_path(dest).exists()
+    assert server.hits("/uc")  # force really went to the server
+
+
+def test_truncated_checkpoint_is_refused(server, tmp_path):
+    server.set("/c.pth", CHECKPOINT_BYTES[: len(CHECKPOINT_BYTES) // 2])
+    dest = tmp_path / "MMKD_B16.pth"
+    with pytest.raises(DownloadError, match="incomplete or corrupt") as info:
+        download_checkpoint(dest, url=server.url("/c.pth"))
+    assert str(dest) in str(info.value)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_checkpoint_offline_names_dest_and_env_var(tmp_path):
+    dest = tmp_path / "MMKD_B16.pth"
+    with pytest.raises(DownloadError) as info:
+        download_checkpoint(dest, url=dead_url("/uc"))
+    message = str(info.value)
+    assert "no network" in message
+    assert str(dest) in message and "MMKD_CHECKPOINT" in message
+    assert not dest.exists()
+
+
+def test_checkpoint_http_error_keeps_good_copy(server, tmp_path):
+    dest = tmp_path / "MMKD_B16.pth"
+    dest.write_bytes(CHECKPOINT_BYTES)
+    with pytest.raises(DownloadError, match="HTTP 404") as info:
+        download_checkpoint(dest, url=server.url("/gone"), force=True)
+    assert str(dest) in str(info.value)
+    assert dest.read_bytes() == CHECKPOINT_BYTES
+
+
+def test_interrupted_checkpoint_download_resumes(server, tmp_path):
+    half = len(CHECKPOINT_BYTES) // 2
+    server.set("/c.pth", Route(CHECKPOINT_BYTES, cut_after=half))
+    dest = tmp_path / "MMKD_B16.pth"
+    with pytest.raises(DownloadError, match="resume"):
+        download_checkpoint(dest, url=server.url("/c.pth"))
+    assert not dest.exists()
+    kept = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert len(kept) == 1
+    kept_size = kept[0].stat().st_size  # gdown keeps the whole chunks it wrote
+    assert 0 < kept_size <= half
+    assert kept[0].read_bytes() == CHECKPOINT_BYTES[:kept_size]
+
+    server.set("/c.pth", CHECKPOINT_BYTES)
+    download_checkpoint(dest, url=server.url("/c.pth"))
+    assert f"bytes={kept_size}-" in [h.get("Range") for h in server.hits("/c.pth")]
+    assert dest.read_bytes() == CHECKPOINT_BYTES
+    assert [p for p in tmp_path.iterdir() if ".part" in p.name] == []
+
+
+def test_checkpoint_restarts_when_server_cannot_resume(server, tmp_path):
+    server.set("/c.pth", Route(CHECKPOINT_BYTES, cut_after=len(CHECKPOINT_BYTES) // 2))
+    dest = tmp_path / "MMKD_B16.pth"
+    with pytest.raises(DownloadError):
+        download_checkpoint(dest, url=server.url("/c.pth"))
+    server.set("/c.pth", Route(CHECKPOINT_BYTES, ranges=False))
+    assert download_checkpoint(dest, url=server.url("/c.pth")) == dest
+    assert any("Range" in h for h in server.hits("/c.pth"))  # resume was tried, then redone
+    assert dest.read_bytes() == CHECKPOINT_BYTES
+    assert [p for p in tmp_path.iterdir() if ".part" in p.name] == []
+
+
+def test_leftover_part_is_verified_before_reuse(server, tmp_path):
+    dest = tmp_path / "MMKD_B16.pth"
+    part_path(dest).write_bytes(CHECKPOINT_BYTES)  # a finished download, not yet moved
+    assert download_checkpoint(dest, url=dead_url()) == dest
+    assert dest.read_bytes() == CHECKPOINT_BYTES
+
+    other = tmp_path / "other" / "MMKD_B16.pth"
+    other.parent.mkdir()
+    part_path(other).write_bytes(b"garbage left by something else")
+    server.set("/c.pth", CHECKPOINT_BYTES)
+    assert download_checkpoint(other, url=server.url("/c.pth")) == other
+    assert other.read_bytes() == CHECKPOINT_BYTES
+    assert len(server.hits("/c.pth")) == 1
+
+
+def test_drive_retrieval_error_explains_quota(monkeypatch, tmp_path):
+    import gdown
+
+    def refuse(**kwargs: object) -> None:
+        raise gdown.exceptions.FileURLRetrievalError("Too many users have viewed this file")
+
+    monkeypatch.setattr(gdown, "download", refuse)
+    dest = tmp_path / "MMKD_B16.pth"
+    with pytest.raises(DownloadError, match="quota") as info:
+        download_checkpoint(dest)
+    assert str(dest) in str(info.value)
+    assert isinstance(info.value.__cause__, gdown.exceptions.FileURLRetrievalError)
+
+
+def test_concurrent_checkpoint_downloads_share_one(server, tmp_path):
+    server.set("/c.pth", Route(CHECKPOINT_BYTES, delay=0.3))
+    dest = tmp_path / "MMKD_B16.pth"
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            results.append(download_checkpoint(dest, url=server.url("/c.pth")))
+        except Exception as exc:  # collected and asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=15)
+    assert results == [dest, dest]
+    assert dest.read_bytes() == CHECKPOINT_BYTES
+    assert len(server.hits("/c.pth")) == 1
+
+
+def test_unwritable_folder_is_a_download_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    for call in (
+        lambda: download_url(dead_url(), blocker / "f.bin"),
+        lambda: download_checkpoint(blocker / "MMKD_B16.pth", url=dead_url()),
+    ):
+        with pytest.raises(DownloadError, match="Could not create the folder") as info:
+            call()
+        assert str(blocker) in str(info.value)

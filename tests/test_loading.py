@@ -1,0 +1,204 @@
+"""Devices, precision, prompts, environment variables and the converted-copy cache."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, TINY_CHECKPOINT, TINY_TEXT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmkd_utils import (
+    CheckpointError,
+    DownloadError,
+    ImageLoadError,
+    PromptError,
+    TextEncoderError,
+    load_model,
+)
+from mmkd_utils.device import resolve_device, resolve_precision
+from mmkd_utils.loading import converted_folder
+from mmkd_utils.prompts import check_prompts
+
+
+def test_auto_device_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_unavailable_devices_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="MPS is not available"):
+        resolve_device("mps")
+    with pytest.raises(ValueError, match="not a device"):
+        resolve_device("gpu-please")
+
+
+def test_auto_precision(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", cuda) == "fp16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="fp8"):
+        resolve_precision("fp8", cuda)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [
+        ([], "empty"),
+        (["ok", "   "], r"prompts\[1\] is empty"),
+        (["ok", 3], r"prompts\[1\] is a int"),
+        (None, "string or a list"),
+        ([""], r"prompts\[0\]"),
+    ],
+)
+def test_bad_prompts(prompts, message, tiny_model):
+    with pytest.raises(PromptError, match=message):
+        check_prompts(prompts)
+    with pytest.raises(PromptError, match=message):
+        tiny_model.zero_shot([TINY / "images" / "rgb_noise.png"], prompts)
+
+
+def test_empty_image_list(tiny_model):
+    with pytest.raises(ImageLoadError, match="images is empty"):
+        tiny_model.zero_shot([], ["a"])
+    with pytest.raises(ImageLoadError, match="not int"):
+        tiny_model.encode_images(5)
+
+
+def test_missing_image_names_the_file(tiny_model, tmp_path):
+    with pytest.raises(ImageLoadError, match="missing.png"):
+        tiny_model.zero_shot([TINY / "images" / "rgb_noise.png", tmp_path / "missing.png"], ["a"])
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "4"])
+def test_bad_batch_size(batch_size, tiny_model):
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_model.encode_texts(["a"], batch_size=batch_size)
+
+
+def test_long_prompt_is_truncated_with_a_warning_naming_it(tiny_model):
+    long = "lung " * 300
+    with pytest.warns(UserWarning, match=r"Prompt 1 \('lung lung.*only the first 256"):
+        ids = tiny_model.tokenize(["short one", long])
+    assert ids.shape[1] == 256
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_model.tokenize(["short one"])  # no warning for a normal prompt
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=80).filter(str.strip), min_size=1, max_size=5))
+def test_any_text_gives_finite_probabilities(tiny_model, prompts):
+    import numpy as np
+
+    probs = tiny_model.zero_shot([np.zeros((16, 16), dtype=np.uint8)], prompts)
+    assert probs.shape == (1, len(prompts))
+    assert torch.isfinite(probs).all()
+    assert abs(float(probs.sum()) - 1.0) < 1e-5
+
+
+def test_environment_variables_choose_the_weights(monkeypatch):
+    monkeypatch.setenv("MMKD_CHECKPOINT", str(TINY_CHECKPOINT))
+    monkeypatch.setenv("MMKD_TEXT_ENCODER", str(TINY_TEXT))
+    clip = load_model(device="cpu")
+    assert clip.source == str(TINY_CHECKPOINT)
+    assert clip.embed_dim == 64
+
+
+def test_missing_environment_checkpoint(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMKD_CHECKPOINT", str(tmp_path / "gone.pth"))
+    with pytest.raises(CheckpointError, match="MMKD_CHECKPOINT points to .*gone.pth"):
+        load_model(device="cpu")
+
+
+def test_no_weights_and_no_network_says_where_to_put_them(monkeypatch):
+    """With nothing cached, load_model downloads; offline that fails with a clear message."""
+    monkeypatch.setattr("mmkd_utils.paths.DRIVE_URL", "http://127.0.0.1:9/MMKD_B16.pth")
+    monkeypatch.setattr(
+        "mmkd_utils.download.paths.DRIVE_URL", "http://127.0.0.1:9/MMKD_B16.pth", raising=False
+    )
+    from mmkd_utils.paths import default_checkpoint_path
+
+    with pytest.raises(DownloadError) as err:
+        load_model(text_encoder=TINY_TEXT, device="cpu")
+    assert str(default_checkpoint_path()) in str(err.value)
+    assert not default_checkpoint_path().exists()
+
+
+def test_text_encoder_offline_hub_id_gives_clear_error():
+    with pytest.raises(TextEncoderError, match="MMKD_TEXT_ENCODER"):
+        load_model(TINY_CHECKPOINT, text_encoder="someone/not-in-the-cache", device="cpu")
+
+
+def test_text_encoder_folder_that_does_not_exist(tmp_path):
+    with pytest.raises(TextEncoderError, match="no such folder"):
+        load_model(TINY_CHECKPOINT, text_encoder=tmp_path / "nothing" / "here", device="cpu")
+
+
+def test_biomedbert_weights_are_never_downloaded(monkeypatch):
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("BiomedBERT weights were requested")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    clip = load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
+    assert clip.encode_texts(["x"]).shape == (1, 64)
+
+
+def test_unwritable_cache_still_loads_with_a_warning(monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("MMKD_HOME below a file cannot be created")
+    monkeypatch.setenv("MMKD_HOME", str(blocker / "home"))
+    with pytest.warns(UserWarning, match="Could not cache a converted copy"):
+        clip = load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
+    assert clip.encode_texts(["x"]).shape == (1, 64)
+
+
+def test_broken_converted_copy_is_rebuilt_not_used(reference):
+    load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
+    folder = converted_folder(TINY_CHECKPOINT, TINY_TEXT)
+    weights = folder / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="could not be used"):
+        clip = load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
+    prompts = [str(p) for p in reference["prompts"]]
+    assert (
+        float(
+            (clip.encode_texts(prompts) - torch.from_numpy(reference["text_features"])).abs().max()
+        )
+        <= 1e-5
+    )
+    assert weights.stat().st_size > 1000  # rebuilt in place
+
+
+def test_changed_checkpoint_gets_a_new_converted_copy(tmp_path):
+    copy = tmp_path / "ckpt.pth"
+    copy.write_bytes(TINY_CHECKPOINT.read_bytes())
+    load_model(copy, text_encoder=TINY_TEXT, device="cpu")
+    first = converted_folder(copy, TINY_TEXT)
+    sd = torch.load(copy, weights_only=True)
+    sd["state_dict"]["module.logit_scale"] = torch.tensor(1.0)
+    torch.save(sd, copy)
+    second = converted_folder(copy, TINY_TEXT)
+    assert first != second
+    clip = load_model(copy, text_encoder=TINY_TEXT, device="cpu")
+    assert abs(clip.logit_scale - torch.e) < 1e-5
+    assert Path(second).is_dir()
