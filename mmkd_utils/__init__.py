@@ -14,6 +14,7 @@ from .errors import (
     ImageLoadError,
     MMKDError,
     PromptError,
+    SkippedImagesWarning,
     TextEncoderError,
 )
 from .images import to_rgb
@@ -28,6 +29,7 @@ __all__ = [
     "MMKDError",
     "MMKDModel",
     "PromptError",
+    "SkippedImagesWarning",
     "TextEncoderError",
     "load_model",
     "to_rgb",

@@ -37,7 +37,25 @@ class TextEncoderError(MMKDError, OSError):
     """The text encoder's config or tokenizer could not be found or does not fit."""
 
 
+class SkippedImagesWarning(UserWarning):
+    """Some images could not be read and were skipped (``on_error="skip"``).
+
+    ``failures`` lists ``(index, image, reason)`` for every skipped input, so the rows
+    that were returned can be matched to the inputs.
+
+    Example:
+        >>> w = SkippedImagesWarning("1 image skipped", [(3, "a.png", "missing")])
+        >>> w.failures[0][0]
+        3
+    """
+
+    def __init__(self, message: str, failures: list[tuple[int, str, str]]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
 __all__ = [
+    "SkippedImagesWarning",
     "MMKDError",
     "CheckpointError",
     "DownloadError",

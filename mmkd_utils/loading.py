@@ -43,7 +43,7 @@ from .checkpoint import (
     to_open_clip_keys,
 )
 from .device import autocast_dtype, resolve_device, resolve_precision
-from .errors import CheckpointError, ImageLoadError, TextEncoderError
+from .errors import CheckpointError, ImageLoadError, SkippedImagesWarning, TextEncoderError
 from .images import ImageInput, to_rgb
 from .prompts import check_prompts
 
@@ -117,12 +117,19 @@ class MMKDModel:
 
     # -- images -----------------------------------------------------------------------
     def encode_images(
-        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int | None = None,
+        *,
+        on_error: str = "raise",
     ) -> torch.Tensor:
         """Embed images (paths, PIL or numpy): float32 CPU tensor [N, D], L2-normalised.
 
         Each image is converted to RGB first (:func:`mmkd_utils.images.to_rgb`), so
-        16-bit and float images are rescaled, not clipped.
+        16-bit and float images are rescaled, not clipped. ``on_error="skip"`` leaves out
+        images that cannot be read and reports each with its reason in one
+        :class:`~mmkd_utils.errors.SkippedImagesWarning` (whose ``failures`` give the
+        indices); the rows returned are those of the images that worked, in order.
 
         Example:
             >>> clip.encode_images(["xray.png", "ct.jpg"]).shape  # doctest: +SKIP
@@ -130,11 +137,22 @@ class MMKDModel:
         """
         items = _as_image_list(images)
         size = _check_batch_size(batch_size, DEFAULT_IMAGE_BATCH)
-        out = []
-        with torch.no_grad():
-            for chunk in _chunks(items, size):
-                pixels = torch.stack([self.preprocess(to_rgb(img)) for img in chunk])
-                out.append(self.encode_pixels(pixels))
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
+        out, failures = [], []
+        for start in range(0, len(items), size):
+            pixels = []
+            for index, image in enumerate(items[start : start + size], start):
+                try:
+                    pixels.append(self.preprocess(to_rgb(image)))
+                except ImageLoadError as err:
+                    if on_error == "raise":
+                        raise
+                    failures.append((index, _image_name(image), str(err)))
+            if pixels:
+                out.append(self.encode_pixels(torch.stack(pixels)))
+        if failures:
+            _report_skipped(failures, len(items), all_failed=not out)
         return torch.cat(out)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -206,10 +224,13 @@ class MMKDModel:
         self,
         images: ImageInput | Sequence[ImageInput],
         prompts: str | Iterable[str],
+        *,
+        on_error: str = "raise",
     ) -> torch.Tensor:
         """Probabilities [N, M] = softmax(exp(logit_scale) · image · textᵀ), as the published demo.
 
         Row i says how strongly image i matches each prompt; each row sums to 1.
+        ``on_error="skip"`` works as in :meth:`encode_images`.
 
         Example:
             >>> probs = clip.zero_shot(["xray.png"], ["A chest X-ray.", "An MRI."])
@@ -219,7 +240,7 @@ class MMKDModel:
         """
         prompts = check_prompts(prompts)
         with torch.no_grad():
-            image_features = self.encode_images(images)
+            image_features = self.encode_images(images, on_error=on_error)
             text_features = self.encode_texts(prompts)
             logits = self.logit_scale * image_features @ text_features.T
             return logits.softmax(dim=-1)
@@ -241,6 +262,25 @@ def _as_image_list(images: Any) -> list[ImageInput]:
     if not items:
         raise ImageLoadError("images is empty: pass at least one image.")
     return items
+
+
+def _image_name(image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    return f"<{type(image).__name__}>"
+
+
+def _report_skipped(failures: list[tuple[int, str, str]], total: int, all_failed: bool) -> None:
+    lines = "\n".join(f"  [{i}] {name}: {reason}" for i, name, reason in failures)
+    if all_failed:
+        raise ImageLoadError(f"None of the {total} images could be read:\n{lines}")
+    warnings.warn(
+        SkippedImagesWarning(
+            f"Skipped {len(failures)} of {total} images that could not be read:\n{lines}",
+            failures,
+        ),
+        stacklevel=3,
+    )
 
 
 def _check_batch_size(batch_size: int | None, default: int) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import numbers
+import os
 import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -166,11 +167,17 @@ def _line_count(labels: Sequence[str]) -> int:
 
 
 def _image_array(image: Any, index: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Return ``(array, imshow_kwargs)`` for a PIL image, numpy array or tensor.
+    """Return ``(array, imshow_kwargs)`` for a file path, PIL image, numpy array or tensor.
+
+    Paths (any format :func:`mmkd_utils.images.to_rgb` reads) are loaded as RGB.
 
     Gray images get ``cmap="gray"`` and, for uint8 / bool / [0, 1] float data, a fixed
     value range, so a dark image stays dark instead of being stretched to full contrast.
     """
+    if isinstance(image, (str, os.PathLike)):
+        from .images import to_rgb
+
+        image = to_rgb(image)
     if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL image, without PIL
         mode = image.mode
         if mode == "1":
@@ -310,8 +317,8 @@ def plot_predictions(
     """Plot each image next to its top-k label probabilities, one row per image.
 
     Args:
-        images: One image per row: PIL images, or numpy arrays of shape H x W (shown in
-            gray), H x W x 3 or H x W x 4.
+        images: One image per row: file paths, PIL images, or numpy arrays of shape
+            H x W (shown in gray), H x W x 3 or H x W x 4.
         probs: Probabilities of shape ``[N, M]`` (numpy array, torch tensor or nested
             list): row ``i`` belongs to ``images[i]``, column ``j`` to ``labels[j]``.
         labels: The ``M`` label strings.

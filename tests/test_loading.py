@@ -202,3 +202,28 @@ def test_changed_checkpoint_gets_a_new_converted_copy(tmp_path):
     clip = load_model(copy, text_encoder=TINY_TEXT, device="cpu")
     assert abs(clip.logit_scale - torch.e) < 1e-5
     assert Path(second).is_dir()
+
+
+def test_skip_returns_what_worked_and_reports_every_failure(tiny_model, tmp_path):
+    from mmkd_utils import SkippedImagesWarning
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    good = [TINY / "images" / "rgb_noise.png", TINY / "images" / "tall_rgb.jpg"]
+    inputs = [good[0], bad, tmp_path / "missing.png", good[1]]
+    with pytest.raises(ImageLoadError, match="bad.png"):
+        tiny_model.encode_images(inputs)
+    with pytest.warns(SkippedImagesWarning) as record:
+        feats = tiny_model.encode_images(inputs, on_error="skip", batch_size=3)
+    failures = record[0].message.failures
+    assert [i for i, _, _ in failures] == [1, 2]
+    assert "bad.png" in failures[0][1] and "not an image" in failures[0][2]
+    assert "missing.png" in str(record[0].message)
+    assert torch.allclose(feats, tiny_model.encode_images(good), atol=1e-6)
+    with pytest.warns(SkippedImagesWarning):
+        probs = tiny_model.zero_shot(inputs, ["a", "b"], on_error="skip")
+    assert probs.shape == (2, 2)
+    with pytest.raises(ImageLoadError, match="None of the 2 images"):
+        tiny_model.encode_images([bad, bad], on_error="skip")
+    with pytest.raises(ValueError, match="on_error"):
+        tiny_model.encode_images(good, on_error="ignore")
