@@ -19,6 +19,7 @@ from .errors import (
 )
 from .images import to_rgb
 from .loading import MMKDModel, load_model
+from .medical import load_image
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "PromptError",
     "SkippedImagesWarning",
     "TextEncoderError",
+    "load_image",
     "load_model",
     "to_rgb",
 ]

@@ -33,11 +33,11 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 (ru
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;32", "I;32B", "I;32L"}
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file with Pillow and decode it now, with a clear error if it fails.
+def check_file(path: str | os.PathLike) -> Path:
+    """Return ``path`` as a :class:`~pathlib.Path`, or raise if it is missing or a folder.
 
     Example:
-        >>> open_image("imgs/does_not_exist.png")
+        >>> check_file("imgs/does_not_exist.png")
         Traceback (most recent call last):
         ...
         mmkd_utils.errors.ImageLoadError: Image imgs/does_not_exist.png does not exist...
@@ -47,6 +47,32 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         raise ImageLoadError(f"Image {path} does not exist: check the file name and folder.")
     if path.is_dir():
         raise ImageLoadError(f"Image {path} is a folder, not an image file.")
+    return path
+
+
+def too_large_error(path: str | os.PathLike, detail: str) -> ImageLoadError:
+    """The error for an image above Pillow's decompression-bomb limit (also used for DICOM).
+
+    Example:
+        >>> str(too_large_error("huge.png", "1000000000 pixels"))[:40]
+        "Image huge.png is larger than Pillow's s"
+    """
+    return ImageLoadError(
+        f"Image {path} is larger than Pillow's safety limit ({detail}). If you trust the "
+        "file, raise PIL.Image.MAX_IMAGE_PIXELS or downscale it first."
+    )
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file with Pillow and decode it now, with a clear error if it fails.
+
+    Example:
+        >>> open_image("imgs/does_not_exist.png")
+        Traceback (most recent call last):
+        ...
+        mmkd_utils.errors.ImageLoadError: Image imgs/does_not_exist.png does not exist...
+    """
+    path = check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -54,10 +80,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
                 img.load()
                 return img.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(
-            f"Image {path} is larger than Pillow's safety limit ({err}). If you trust the "
-            "file, raise PIL.Image.MAX_IMAGE_PIXELS or downscale it first."
-        ) from None
+        raise too_large_error(path, str(err)) from None
     except UnidentifiedImageError:
         raise ImageLoadError(
             f"Image {path} is not an image Pillow can read (wrong extension, or a text or "
@@ -70,16 +93,29 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         ) from None
 
 
+def linear_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``lo..hi`` linearly onto 0..255, clipping outside (a display window).
+
+    Non-finite values become 0; if ``hi <= lo`` everything becomes 0.
+
+    Example:
+        >>> linear_to_uint8(np.array([-1.0, 0.0, 5.0, 10.0, 99.0]), 0.0, 10.0).tolist()
+        [0, 0, 128, 255, 255]
+    """
+    data = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(data)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = np.where(finite, (np.where(finite, data, lo) - lo) * scale, 0.0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def _rescale_to_uint8(values: np.ndarray, name: str) -> np.ndarray:
     """Map the finite range of ``values`` linearly onto 0..255 (non-finite values become 0)."""
     data = values.astype(np.float64, copy=False)
     finite = np.isfinite(data)
     if not finite.any():
         return np.zeros(data.shape, dtype=np.uint8)
-    lo, hi = float(data[finite].min()), float(data[finite].max())
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    out = np.where(finite, (data - lo) * scale, 0.0)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return linear_to_uint8(data, float(data[finite].min()), float(data[finite].max()))
 
 
 def array_to_image(array: np.ndarray, name: str = "array") -> Image.Image:
@@ -128,7 +164,8 @@ def to_rgb(image: ImageInput) -> Image.Image:
 
     Modes L, LA, P, RGB, RGBA, CMYK and the like are converted by Pillow (alpha is
     dropped, as in the published demo); I;16, I and F images are rescaled to the full
-    8-bit range.
+    8-bit range. Paths go through :func:`mmkd_utils.medical.load_image` with its default
+    arguments, so DICOM and NIfTI files work too.
 
     Example:
         >>> from PIL import Image
@@ -136,10 +173,9 @@ def to_rgb(image: ImageInput) -> Image.Image:
         'RGB'
     """
     if isinstance(image, (str, os.PathLike)):
-        name = str(image)
-        image = open_image(image)
-    else:
-        name = "image"
+        from .medical import load_image  # here, not at the top: medical imports this module
+
+        return load_image(image)
     if isinstance(image, np.ndarray):
         return array_to_image(image, name="array")
     if not isinstance(image, Image.Image):
@@ -147,6 +183,17 @@ def to_rgb(image: ImageInput) -> Image.Image:
             f"Cannot use an object of type {type(image).__name__} as an image; pass a file "
             "path, a PIL image or a numpy array."
         )
+    return pil_to_rgb(image, name="image")
+
+
+def pil_to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """Convert a PIL image to RGB as :func:`to_rgb` does; ``name`` is used in error messages.
+
+    Example:
+        >>> from PIL import Image
+        >>> pil_to_rgb(Image.new("L", (3, 2)), name="scan.png").size
+        (3, 2)
+    """
     if image.width == 0 or image.height == 0:
         raise ImageLoadError(f"{name} has size {image.size}; it holds no pixels.")
     if image.mode == "RGB":

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support import TINY, TINY_CHECKPOINT, TINY_TEXT
 
 # Tests never reach the Hugging Face hub: everything they need is in tests/fixtures.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY = FIXTURES / "tiny_upstream"
-TINY_CHECKPOINT = TINY / "checkpoint.pt"
-TINY_TEXT = TINY / "tiny-biomedbert"
-SHARED_DEMO = Path(__file__).resolve().parents[2] / "shared" / "reference" / "demo_images"
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_CHECKPOINT, TINY_TEXT
+from support import TINY, TINY_CHECKPOINT, TINY_TEXT
 from transformers import BertConfig
 
 from mmkd_utils import CheckpointError, TextEncoderError, load_model

@@ -5,14 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import CHECKPOINT_BYTES, LocalServer, dead_url
 
 from mmkd_utils.cli import build_parser, main
 from mmkd_utils.demo import DEMO_IMAGE_NAMES
-
-try:  # tests/ is on sys.path under pytest's default import mode
-    from test_download import CHECKPOINT_BYTES, LocalServer, dead_url
-except ImportError:  # pragma: no cover - when tests/ is a package
-    from tests.test_download import CHECKPOINT_BYTES, LocalServer, dead_url
 
 
 @pytest.fixture

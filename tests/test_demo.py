@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from support import LocalServer
 
 from mmkd_utils import demo
 from mmkd_utils.demo import (
@@ -18,11 +19,6 @@ from mmkd_utils.demo import (
     demo_images,
 )
 from mmkd_utils.errors import DownloadError
-
-try:  # tests/ is on sys.path under pytest's default import mode
-    from test_download import LocalServer
-except ImportError:  # pragma: no cover - when tests/ is a package
-    from tests.test_download import LocalServer
 
 #: The published demo images, kept next to the repository (never committed to it).
 REFERENCE_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "demo_images"

@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from mmkd_utils import ImageLoadError, to_rgb
-from mmkd_utils.images import array_to_image, open_image
+from mmkd_utils.images import array_to_image, linear_to_uint8, open_image
 
 
 def _gradient(dtype, top):
@@ -168,3 +168,9 @@ def test_any_numeric_array_becomes_rgb(array):
         if finite.min() != finite.max():  # rescaled from its own range (alpha ignored)
             values = np.asarray(out)
             assert values.min() == 0 and values.max() == 255
+
+
+def test_linear_to_uint8_clips_outside_the_range():
+    values = np.array([-50.0, 0.0, 25.0, 100.0, 1e9, np.nan, -np.inf])
+    assert linear_to_uint8(values, 0.0, 100.0).tolist() == [0, 0, 64, 255, 255, 0, 0]
+    assert linear_to_uint8(values, 5.0, 5.0).max() == 0

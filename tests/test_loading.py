@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TINY_CHECKPOINT, TINY_TEXT
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import TINY, TINY_CHECKPOINT, TINY_TEXT
 
 from mmkd_utils import (
     CheckpointError,

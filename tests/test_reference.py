@@ -8,8 +8,8 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import TINY, TINY_CHECKPOINT, TINY_TEXT
 from PIL import Image
+from support import TINY, TINY_CHECKPOINT, TINY_TEXT
 
 import mmkd_utils
 from mmkd_utils import load_model

@@ -1,0 +1,130 @@
+"""Helpers shared by the tests: fixture paths and a local HTTP server (no network)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+FIXTURES = TESTS / "fixtures"
+TINY = FIXTURES / "tiny_upstream"
+TINY_CHECKPOINT = TINY / "checkpoint.pt"
+TINY_TEXT = TINY / "tiny-biomedbert"
+#: The published demo images, beside the repository in CI (absent in a lone clone).
+SHARED_DEMO = TESTS.parents[1] / "shared" / "reference" / "demo_images"
+CHECKPOINT_BYTES = TINY_CHECKPOINT.read_bytes()
+
+HTML_PAGE = (
+    b"\n  <!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
+    b"<body><p class='uc-error-subcaption'>Too many users have viewed or downloaded this "
+    b"file recently.</p></body></html>\n"
+)
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class Route:
+    """What the local server answers for one path."""
+
+    body: bytes
+    content_type: str = "application/octet-stream"
+    cut_after: int | None = None  # send only this many body bytes, then close
+    ranges: bool = True  # honour "Range: bytes=N-" with 206
+    delay: float = 0.0  # seconds to wait before sending the body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = 5  # a stuck client cannot hold a server thread for long
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        owner: LocalServer = self.server.owner  # type: ignore[attr-defined]
+        with owner.lock:
+            owner.requests.append((self.path, dict(self.headers)))
+            route = owner.routes.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+            return
+        body, start, status = route.body, 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if match and route.ranges:
+            start = int(match[1])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        chunk = body[start:]
+        self.send_response(status)
+        self.send_header("Content-Type", route.content_type)
+        self.send_header("Content-Length", str(len(chunk)))
+        self.send_header("Accept-Ranges", "bytes" if route.ranges else "none")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        time.sleep(route.delay)
+        try:
+            self.wfile.write(chunk if route.cut_after is None else chunk[: route.cut_after])
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+
+class LocalServer:
+    """An HTTP server on 127.0.0.1 in a thread, serving ``routes`` (path -> Route/bytes).
+
+    Use as a context manager; ``requests`` records (path, headers) of every GET.
+    """
+
+    def __init__(self, routes: dict[str, Route | bytes] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        for path, route in (routes or {}).items():
+            self.set(path, route)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.owner = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def set(self, path: str, route: Route | bytes) -> None:
+        with self.lock:
+            self.routes[path] = route if isinstance(route, Route) else Route(route)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
+
+    def hits(self, path: str) -> list[dict[str, str]]:
+        with self.lock:
+            return [headers for p, headers in self.requests if p == path]
+
+    def __enter__(self) -> LocalServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def dead_url(path: str = "/file") -> str:
+    """A URL on a local port where nothing listens (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"

@@ -1,0 +1,306 @@
+"""Every tutorial notebook follows the house layout (checked statically, nothing is run).
+
+Rules, for every ``notebooks/**/*.ipynb`` (hidden folders such as ``.ipynb_checkpoints``
+are skipped):
+
+* saved without outputs or execution counts;
+* named ``NN_name.ipynb`` in ``notebooks/``, or ``NN_name_solutions.ipynb`` in
+  ``notebooks/solutions/`` for an existing ``notebooks/NN_name.ipynb``;
+* the first cell is markdown with a ``# `` title and an "Open in Colab" badge whose link
+  points to the notebook's own path in the repository;
+* main notebooks: "Learning goals", "Prerequisites" and "Time and hardware" headings
+  before the first code cell; "Summary", "What's next" and "Exercises" headings later;
+  a link to their solutions notebook when one exists;
+* exactly one code cell made only of imports, before any other code cell except the
+  Colab setup cell (the one that mentions ``google.colab``); no imports and no
+  ``%pip`` / ``!pip`` anywhere else;
+* at least one cell marked for nbval output checking (``# NBVAL_CHECK_OUTPUT`` or the
+  ``nbval-check-output`` tag);
+* no machine-specific absolute paths (``/root/``, ``/home/``, ``/tmp/``, ``/work/``,
+  ``/Users/``, ``C:\\Users``) in any cell.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+COLAB_REPO = "mmkd-clip/mmkd-clip-notebooks"
+BADGE_RE = re.compile(
+    r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
+    r"\(https://colab\.research\.google\.com/github/(?P<repo>[^/\s]+/[^/\s]+)/blob/"
+    r"(?P<branch>[^/\s]+)/(?P<path>[^)\s]+)\)"
+)
+MAIN_NAME_RE = re.compile(r"^(\d{2})_[a-z0-9]+(?:_[a-z0-9]+)*\.ipynb$")
+SOLUTION_NAME_RE = re.compile(r"^(?P<stem>\d{2}_[a-z0-9]+(?:_[a-z0-9]+)*)_solutions\.ipynb$")
+OPENING_HEADINGS = ("Learning goals", "Prerequisites", "Time and hardware")
+CLOSING_HEADINGS = ("Summary", "What's next", "Exercises")
+CHECK_COMMENT = "NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"
+ABSOLUTE_PATH_RE = re.compile(
+    r"(?<![\w.~/-])/(?:root|home|tmp|work|Users)/|\b[A-Za-z]:\\\\?Users\\", re.IGNORECASE
+)
+
+
+def _all_notebooks() -> list[Path]:
+    found = sorted(NOTEBOOKS.rglob("*.ipynb"))
+    return [
+        p for p in found if not any(part.startswith(".") for part in p.relative_to(NOTEBOOKS).parts)
+    ]
+
+
+ALL_NOTEBOOKS = _all_notebooks()
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(str(path), as_version=4)
+
+
+def _is_solution(path: Path) -> bool:
+    return path.parent == NOTEBOOKS / "solutions"
+
+
+def _headings(text: str) -> list[str]:
+    """Markdown ATX headings of a cell, without the leading #'s (and trailing #'s)."""
+    out = []
+    for line in text.splitlines():
+        match = re.match(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if match:
+            out.append(match.group(1).strip())
+    return out
+
+
+def _heading_matches(heading: str, wanted: str) -> bool:
+    """'Exercises' matches 'Exercises' and '5. Exercises'; case and apostrophe style ignored."""
+    norm = lambda s: re.sub(r"^[\d.\s]+", "", s).replace("’", "'").strip().lower()  # noqa: E731
+    return norm(heading) == wanted.lower()
+
+
+def _python_source(source: str) -> str:
+    """Cell source as plain Python: IPython magics and shell escapes become ``pass``-like."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        lines = [re.sub(r"^(\s*)[%!].*$", r"\1pass", line) for line in source.splitlines()]
+        return "\n".join(lines)
+    return TransformerManager().transform_cell(source)
+
+
+def _parse(path: Path, index: int, source: str) -> ast.Module:
+    try:
+        return ast.parse(_python_source(source))
+    except SyntaxError as err:
+        pytest.fail(f"{_rel(path)} cell {index}: not valid Python ({err.msg}, line {err.lineno})")
+
+
+def _is_setup_cell(source: str) -> bool:
+    return "google.colab" in source
+
+
+def _is_imports_cell(tree: ast.Module) -> bool:
+    return bool(tree.body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
+
+
+def _has_import(tree: ast.Module) -> bool:
+    return any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree))
+
+
+def _is_checked(cell: nbformat.NotebookNode) -> bool:
+    tags = cell.get("metadata", {}).get("tags", [])
+    if isinstance(tags, list) and CHECK_TAG in tags:
+        return True
+    return any(
+        line.strip().lstrip("#").strip() == CHECK_COMMENT
+        for line in cell.source.splitlines()
+        if line.strip().startswith("#")
+    )
+
+
+notebook_param = pytest.mark.parametrize(
+    "path", ALL_NOTEBOOKS, ids=[_rel(p) for p in ALL_NOTEBOOKS]
+)
+main_param = pytest.mark.parametrize(
+    "path",
+    [p for p in ALL_NOTEBOOKS if not _is_solution(p)],
+    ids=[_rel(p) for p in ALL_NOTEBOOKS if not _is_solution(p)],
+)
+
+
+def test_there_are_notebooks():
+    assert ALL_NOTEBOOKS, f"no notebooks found under {_rel(NOTEBOOKS)}/"
+
+
+@notebook_param
+def test_saved_without_outputs(path):
+    nb = _read(path)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        assert not cell.get("outputs"), (
+            f"{_rel(path)} cell {index}: has saved outputs; clear all outputs before "
+            "committing (e.g. `jupyter nbconvert --clear-output --inplace`)."
+        )
+        assert cell.get("execution_count") is None, (
+            f"{_rel(path)} cell {index}: has execution count {cell.execution_count}; clear "
+            "all outputs before committing."
+        )
+
+
+@notebook_param
+def test_file_name(path):
+    rel = path.relative_to(NOTEBOOKS)
+    if _is_solution(path):
+        match = SOLUTION_NAME_RE.match(path.name)
+        assert match, (
+            f"{_rel(path)}: solutions notebooks are named NN_name_solutions.ipynb "
+            "(two digits, lower-case words joined by _)."
+        )
+        main = NOTEBOOKS / f"{match.group('stem')}.ipynb"
+        assert main.is_file(), f"{_rel(path)}: there is no notebook {_rel(main)} it solves."
+    else:
+        assert len(rel.parts) == 1, (
+            f"{_rel(path)}: notebooks live in notebooks/ (tutorials) or notebooks/solutions/ "
+            "(solutions), not in other folders."
+        )
+        assert MAIN_NAME_RE.match(path.name), (
+            f"{_rel(path)}: notebooks are named NN_name.ipynb (two digits, lower-case words "
+            "joined by _), e.g. 01_quickstart.ipynb."
+        )
+        assert not path.stem.endswith("_solutions"), (
+            f"{_rel(path)}: solutions notebooks belong in notebooks/solutions/."
+        )
+
+
+@notebook_param
+def test_title_and_colab_badge(path):
+    nb = _read(path)
+    assert nb.cells, f"{_rel(path)}: the notebook is empty."
+    first = nb.cells[0]
+    assert first.cell_type == "markdown", f"{_rel(path)} cell 0: must be a markdown title cell."
+    lines = [line for line in first.source.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("# "), (
+        f"{_rel(path)} cell 0: must start with a '# ' title line."
+    )
+    badge = BADGE_RE.search(first.source)
+    assert badge, f"{_rel(path)} cell 0: has no 'Open In Colab' badge."
+    assert badge.group("repo") == COLAB_REPO, (
+        f"{_rel(path)} cell 0: the Colab badge points to repository {badge.group('repo')}, "
+        f"expected {COLAB_REPO}."
+    )
+    assert badge.group("path") == _rel(path), (
+        f"{_rel(path)} cell 0: the Colab badge opens {badge.group('path')}, not this "
+        f"notebook ({_rel(path)})."
+    )
+
+
+@main_param
+def test_required_headings(path):
+    nb = _read(path)
+    first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
+    opening = [
+        h for c in nb.cells[:first_code] if c.cell_type == "markdown" for h in _headings(c.source)
+    ]
+    for wanted in OPENING_HEADINGS:
+        assert any(_heading_matches(h, wanted) for h in opening), (
+            f"{_rel(path)} cells 0-{first_code - 1}: no '## {wanted}' heading before the "
+            "first code cell."
+        )
+    everywhere = [h for c in nb.cells if c.cell_type == "markdown" for h in _headings(c.source)]
+    for wanted in CLOSING_HEADINGS:
+        assert any(_heading_matches(h, wanted) for h in everywhere), (
+            f"{_rel(path)}: no '## {wanted}' heading in any markdown cell."
+        )
+
+
+@main_param
+def test_links_its_solutions(path):
+    solutions = NOTEBOOKS / "solutions" / f"{path.stem}_solutions.ipynb"
+    if not solutions.is_file():
+        pytest.skip(f"{_rel(path)} has no solutions notebook")
+    nb = _read(path)
+    target = f"solutions/{solutions.name}"
+    assert any(c.cell_type == "markdown" and target in c.source for c in nb.cells), (
+        f"{_rel(path)}: no markdown cell links its solutions notebook ({target})."
+    )
+
+
+@notebook_param
+def test_one_imports_cell(path):
+    nb = _read(path)
+    imports_cells, setup_cells = [], []
+    first_other = None
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tree = _parse(path, index, cell.source)
+        if _is_setup_cell(cell.source):
+            setup_cells.append(index)
+        elif _is_imports_cell(tree):
+            imports_cells.append(index)
+        else:
+            if first_other is None:
+                first_other = index
+            assert not _has_import(tree), (
+                f"{_rel(path)} cell {index}: has an import statement; move every import into "
+                "the notebook's single imports cell."
+            )
+            assert not re.search(r"^\s*[%!]\s*pip\b", cell.source, re.MULTILINE), (
+                f"{_rel(path)} cell {index}: installs packages; only the Colab setup cell may."
+            )
+    assert len(setup_cells) <= 1, (
+        f"{_rel(path)} cells {setup_cells}: more than one Colab setup cell."
+    )
+    assert len(imports_cells) == 1, (
+        f"{_rel(path)}: expected exactly one code cell made only of imports, found "
+        f"{len(imports_cells)} (cells {imports_cells})."
+    )
+    assert first_other is None or imports_cells[0] < first_other, (
+        f"{_rel(path)} cell {imports_cells[0]}: the imports cell must come before the first "
+        f"other code cell (cell {first_other})."
+    )
+
+
+@notebook_param
+def test_has_output_checked_cell(path):
+    nb = _read(path)
+    checked = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _is_checked(c)]
+    assert checked, (
+        f"{_rel(path)}: no cell is marked for output checking; add '# {CHECK_COMMENT}' (or the "
+        f"tag '{CHECK_TAG}') to a cell whose output does not depend on the weights."
+    )
+
+
+@notebook_param
+def test_checked_cells_carry_their_expected_output(path):
+    """nbval compares only cells with a reference; ours lives in the cell metadata."""
+    nb = _read(path)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or not _is_checked(cell):
+            continue
+        expected = cell.metadata.get("mmkd_expected_output")
+        assert isinstance(expected, str) and expected.strip(), (
+            f"{_rel(path)} cell {index}: marked for output checking but has no "
+            "'mmkd_expected_output' metadata; run python notebooks/update_expected_outputs.py"
+        )
+
+
+@notebook_param
+def test_no_absolute_paths(path):
+    nb = _read(path)
+    for index, cell in enumerate(nb.cells):
+        match = ABSOLUTE_PATH_RE.search(cell.source)
+        assert not match, (
+            f"{_rel(path)} cell {index}: contains the machine-specific path "
+            f"{match.group(0)!r}...; use paths relative to the notebook, the cache folder "
+            "(MMKD_HOME) or the package's helpers."
+        )

@@ -1,0 +1,224 @@
+"""The committed sample images in imgs/: reproducible, credited, small, RGB, shown right."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmkd_utils import samples
+from mmkd_utils.demo import DEMO_MODALITIES
+from mmkd_utils.errors import MMKDError
+from mmkd_utils.samples import (
+    MAX_SIDE,
+    MAX_TOTAL_BYTES,
+    SAMPLES,
+    SamplesNotFoundError,
+    SampleSourceError,
+    UnknownModalityError,
+    build_samples,
+    check_samples,
+    credits_markdown,
+    main,
+    sample_images,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+IMGS = ROOT / "imgs"
+
+
+def _missing_sources() -> list[str]:
+    """Source packages (and the DICOM converter) that are not importable here."""
+    modules = sorted({s.module for s in SAMPLES}) + ["mmkd_utils.medical"]
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+needs_sources = pytest.mark.skipif(
+    bool(_missing_sources()),
+    reason=(
+        f"sample source packages not installed ({', '.join(_missing_sources())}); "
+        'install them with pip install -e ".[samples]"'
+    ),
+)
+
+
+def _committed_pngs() -> set[str]:
+    return {p.name for p in IMGS.glob("*.png")}
+
+
+# --- reproducibility -------------------------------------------------------------------
+
+
+@needs_sources
+def test_rebuild_reproduces_committed_images_pixel_for_pixel():
+    assert check_samples(IMGS) == []
+
+
+@needs_sources
+def test_rebuild_is_deterministic_and_atomic(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["--rebuild", "--out", str(first)]) == 0
+    written = build_samples(second)
+    assert [p.name for p in written] == [s.file_name for s in SAMPLES]
+    for name in [s.file_name for s in SAMPLES] + ["CREDITS.md"]:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    # Only the final files are left: no temporary files from the atomic write.
+    assert sorted(p.name for p in first.iterdir()) == sorted(
+        [s.file_name for s in SAMPLES] + ["CREDITS.md"]
+    )
+    # Saved with no metadata chunks (no time stamp, no text, no ICC profile).
+    for path in written:
+        with Image.open(path) as img:
+            assert not {"tIME", "tEXt", "iTXt", "zTXt", "iCCP"} & _png_chunks(path), path
+            assert img.info.keys() <= {"dpi"}, (path, img.info.keys())
+
+
+def _png_chunks(path: Path) -> set[str]:
+    """The chunk types of a PNG file."""
+    data = path.read_bytes()
+    pos, types = 8, set()
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        types.add(data[pos + 4 : pos + 8].decode("ascii"))
+        pos += 12 + length
+    return types
+
+
+@needs_sources
+def test_check_reports_differences_and_exits_1(tmp_path, capsys):
+    build_samples(tmp_path)
+    assert main(["--check", "--out", str(tmp_path)]) == 0
+    # Change one pixel, delete one file, add an unknown one, edit CREDITS.
+    xray = tmp_path / "xray_chest_pa.png"
+    with Image.open(xray) as img:
+        changed = img.copy()
+    changed.putpixel((0, 0), (255, 0, 0))
+    changed.save(xray, format="PNG")
+    (tmp_path / "ct_small.png").unlink()
+    Image.new("RGB", (4, 4)).save(tmp_path / "extra.png")
+    (tmp_path / "CREDITS.md").write_text("edited\n", encoding="utf-8")
+    problems = check_samples(tmp_path)
+    assert any(p.startswith("xray_chest_pa.png: 1 pixels differ") for p in problems), problems
+    assert "ct_small.png: missing" in problems
+    assert any(p.startswith("extra.png") for p in problems)
+    assert any(p.startswith("CREDITS.md") for p in problems)
+    capsys.readouterr()
+    assert main(["--check", "--out", str(tmp_path)]) == 1
+    assert "ct_small.png: missing" in capsys.readouterr().out
+
+
+def test_missing_source_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    fake = dataclasses.replace(SAMPLES[0], module="no_such_sample_package_xyz")
+    with pytest.raises(SampleSourceError, match=r"pip install -e \"\.\[samples\]\""):
+        samples.render_sample(fake)
+    monkeypatch.setattr(samples, "SAMPLES", (fake,))
+    assert main(["--check", "--out", str(tmp_path)]) == 2
+    assert "not installed" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image missing")
+def test_changed_source_file_is_refused():
+    fake = dataclasses.replace(SAMPLES[-1], sha256="0" * 64)
+    with pytest.raises(SampleSourceError, match="SHA-256"):
+        samples.render_sample(fake)
+
+
+# --- the committed files ---------------------------------------------------------------
+
+
+def test_every_png_has_a_credits_entry_and_vice_versa():
+    credited = set(re.findall(r"^## `([^`]+\.png)`$", (IMGS / "CREDITS.md").read_text(), re.M))
+    table = {s.file_name for s in SAMPLES}
+    assert len(table) == len(SAMPLES), "file names in SAMPLES must be unique"
+    assert _committed_pngs() == table
+    assert credited == table
+
+
+def test_credits_file_equals_credits_markdown():
+    assert (IMGS / "CREDITS.md").read_text(encoding="utf-8") == credits_markdown()
+
+
+def test_credits_name_modalities_without_offline_source():
+    text = credits_markdown()
+    for modality in ("endoscopy", "dermatology", "OCT"):
+        assert modality in text
+    assert "mmkd_utils.demo.demo_images()" in text
+
+
+def test_table_entries_are_complete():
+    for s in SAMPLES:
+        assert s.modality in DEMO_MODALITIES, s
+        for field in dataclasses.fields(s):
+            if field.name != "window":
+                assert getattr(s, field.name), (s.file_name, field.name)
+        assert re.fullmatch(r"[0-9a-f]{64}", s.sha256), s.file_name
+        assert re.fullmatch(r"[a-z0-9_]+\.png", s.file_name), s.file_name
+
+
+def test_images_are_rgb_and_at_most_512_px():
+    for path in sorted(IMGS.glob("*.png")):
+        with Image.open(path) as img:
+            assert img.mode == "RGB", (path.name, img.mode)
+            assert max(img.size) <= MAX_SIDE, (path.name, img.size)
+
+
+def test_folder_is_at_most_3_mb():
+    total = sum(p.stat().st_size for p in IMGS.iterdir() if p.is_file())
+    assert total <= MAX_TOTAL_BYTES, total
+
+
+def test_xray_is_displayed_with_lungs_dark():
+    """RG1_UNCR.dcm is MONOCHROME1 (high values are dark): it must be shown inverted.
+
+    The lungs hold air and absorb few X-rays, so on a correctly displayed radiograph
+    they are dark, while the column of spine, mediastinum and heart in the middle
+    absorbs most and is bright. A missed (or doubled) MONOCHROME1 inversion swaps the
+    two. The check compares mean brightness of boxes given as fractions of the image
+    size (so it does not depend on the exact pixel size): each lung field (upper-mid
+    thirds, left and right) must be clearly darker than the central column.
+    """
+    with Image.open(IMGS / "xray_chest_pa.png") as img:
+        grey = np.asarray(img.convert("L"), dtype=np.float64)
+    h, w = grey.shape
+
+    def box(x0: float, x1: float, y0: float, y1: float) -> float:
+        return float(grey[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)].mean())
+
+    centre = box(0.45, 0.55, 0.25, 0.60)
+    right_lung = box(0.18, 0.35, 0.25, 0.55)  # the patient's right is on the image's left
+    left_lung = box(0.65, 0.82, 0.25, 0.55)
+    assert right_lung + 30 < centre, (right_lung, centre)
+    assert left_lung + 30 < centre, (left_lung, centre)
+
+
+# --- sample_images ---------------------------------------------------------------------
+
+
+def test_sample_images_by_modality():
+    assert [p.name for p in sample_images("CT")] == [
+        "ct_head.png",
+        "ct_abdomen.png",
+        "ct_small.png",
+    ]
+    assert sample_images("ct") == sample_images("CT")
+    assert all(p.is_file() and p.parent == IMGS for p in sample_images())
+    assert [p.name for p in sample_images()] == [s.file_name for s in SAMPLES]
+
+
+def test_sample_images_unknown_modality():
+    with pytest.raises(UnknownModalityError, match="demo_images"):
+        sample_images("endoscopy")
+    with pytest.raises(MMKDError, match="choose one of"):
+        sample_images("PET")
+
+
+def test_sample_images_without_repository(monkeypatch, tmp_path):
+    monkeypatch.setattr(samples, "repo_imgs_dir", lambda: tmp_path / "imgs")
+    with pytest.raises(SamplesNotFoundError, match="[Cc]lone") as info:
+        sample_images()
+    assert isinstance(info.value, MMKDError)
