@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,15 @@ from .checkpoint import (
     text_shapes_from_state_dict,
     to_open_clip_keys,
 )
+from .classifier import ZeroShotClassifier, build_classifier
 from .device import autocast_dtype, resolve_device, resolve_precision
-from .errors import CheckpointError, ImageLoadError, SkippedImagesWarning, TextEncoderError
+from .errors import (
+    CheckpointError,
+    ImageLoadError,
+    PromptError,
+    SkippedImagesWarning,
+    TextEncoderError,
+)
 from .images import ImageInput, to_rgb
 from .prompts import check_prompts
 
@@ -92,6 +99,7 @@ class MMKDModel:
         self.device = device
         self.precision = precision
         self.source = source
+        self._classifiers: dict[tuple, ZeroShotClassifier] = {}
 
     def __repr__(self) -> str:
         return (
@@ -220,16 +228,57 @@ class MMKDModel:
         return torch.cat(out)
 
     # -- zero-shot --------------------------------------------------------------------
+    def classifier(
+        self,
+        classes: str | Sequence[str] | Mapping[str, Sequence[str]],
+        templates: Sequence[str] | None = None,
+    ) -> ZeroShotClassifier:
+        """A zero-shot classifier: per class, the average of its normalised prompt embeddings.
+
+        ``classes`` is a task name of the prompt banks (its classes, synonyms and
+        templates; see :func:`mmkd_utils.prompts.list_tasks`), a list of class names, or a
+        mapping ``{class: [synonyms]}``. ``templates`` contain ``{}`` where the name goes
+        (default for a task: the task's templates; otherwise the name alone). Results are
+        cached on this model, so asking again costs nothing.
+
+        Example:
+            >>> clf = clip.classifier(["pneumonia", "normal"], ["A chest X-ray of {}."])
+            ... # doctest: +SKIP
+            >>> clip.zero_shot(["xray.png"], clf).shape  # doctest: +SKIP
+            torch.Size([1, 2])
+        """
+        name = None
+        if isinstance(classes, str):
+            from .prompts import get_task
+
+            task = get_task(classes)
+            name, classes = task.name, task.synonyms
+            templates = task.templates if templates is None else templates
+        key = (
+            name,
+            tuple((k, tuple(v)) for k, v in classes.items())
+            if isinstance(classes, Mapping)
+            else tuple(classes),
+            None if templates is None else tuple(templates),
+        )
+        if key not in self._classifiers:
+            self._classifiers[key] = build_classifier(
+                self.encode_texts, classes, templates, name=name
+            )
+        return self._classifiers[key]
+
+    # -- zero-shot --------------------------------------------------------------------
     def zero_shot(
         self,
         images: ImageInput | Sequence[ImageInput],
-        prompts: str | Iterable[str],
+        prompts: str | Iterable[str] | ZeroShotClassifier,
         *,
         on_error: str = "raise",
     ) -> torch.Tensor:
         """Probabilities [N, M] = softmax(exp(logit_scale) · image · textᵀ), as the published demo.
 
-        Row i says how strongly image i matches each prompt; each row sums to 1.
+        Row i says how strongly image i matches each prompt (or each class of a
+        :class:`~mmkd_utils.classifier.ZeroShotClassifier`); each row sums to 1.
         ``on_error="skip"`` works as in :meth:`encode_images`.
 
         Example:
@@ -238,10 +287,17 @@ class MMKDModel:
             >>> probs.sum(dim=1)  # doctest: +SKIP
             tensor([1.])
         """
-        prompts = check_prompts(prompts)
+        if isinstance(prompts, ZeroShotClassifier):
+            text_features = prompts.weights
+            if text_features.shape[1] != self.embed_dim:
+                raise PromptError(
+                    f"The classifier has {text_features.shape[1]}-d weights but this model "
+                    f"embeds in {self.embed_dim} dimensions: build it with this model."
+                )
+        else:
+            text_features = self.encode_texts(check_prompts(prompts))
         with torch.no_grad():
             image_features = self.encode_images(images, on_error=on_error)
-            text_features = self.encode_texts(prompts)
             logits = self.logit_scale * image_features @ text_features.T
             return logits.softmax(dim=-1)
 
