@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .errors import PromptError
+from ..errors import PromptError
 
 
 def check_prompts(prompts: str | Iterable[str], name: str = "prompts") -> list[str]:
