@@ -17,6 +17,7 @@ from .errors import (
     SkippedImagesWarning,
     TextEncoderError,
 )
+from .evaluation import evaluate_folder
 from .images import to_rgb
 from .loading import MMKDModel, load_model
 from .medical import load_image
@@ -32,6 +33,7 @@ __all__ = [
     "PromptError",
     "SkippedImagesWarning",
     "TextEncoderError",
+    "evaluate_folder",
     "load_image",
     "load_model",
     "to_rgb",

@@ -403,3 +403,123 @@ def plot_predictions(
             image_ax.set_title(title_list[i], fontsize=10)
         plot_probability_bars(array[i], label_list, top_k=k, ax=bar_ax)
     return fig
+
+
+# --------------------------------------------------------------------------- confusion matrix
+
+
+def _confusion_table(confusion: Any, labels: Sequence[str] | None) -> tuple[np.ndarray, list, list]:
+    """Return ``(counts, row labels, column labels)`` from a DataFrame or an array + labels."""
+    if hasattr(confusion, "confusion") and not hasattr(confusion, "shape"):
+        confusion = confusion.confusion  # an EvaluationResult
+    is_frame = hasattr(confusion, "index") and hasattr(confusion, "columns")
+    array = _as_float_array(confusion.to_numpy() if is_frame else confusion, "confusion")
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(
+            f"confusion must be a non-empty 2-D table (rows true, columns predicted), "
+            f"but has shape {array.shape}."
+        )
+    if not np.isfinite(array).all() or (array < 0).any():
+        raise ValueError("confusion must hold finite, non-negative counts.")
+    if labels is not None:
+        names = _check_labels(labels, array.shape[0], "the rows of confusion")
+        if array.shape[0] != array.shape[1]:
+            raise ValueError(
+                f"confusion has shape {array.shape}; with labels it must be square "
+                f"(the same classes on both axes)."
+            )
+        return array, names, names
+    if is_frame:
+        return array, [str(v) for v in confusion.index], [str(v) for v in confusion.columns]
+    raise PromptError(
+        "labels is missing: pass the class names, e.g. plot_confusion_matrix(matrix, "
+        "labels=['normal', 'pneumonia']), or a DataFrame with them as index and columns."
+    )
+
+
+def plot_confusion_matrix(
+    confusion: Any,
+    *,
+    normalize: bool = False,
+    ax: Axes | None = None,
+    labels: Sequence[str] | None = None,
+) -> Figure:
+    """Draw a confusion matrix as an annotated heat map: rows true, columns predicted.
+
+    Args:
+        confusion: A DataFrame with the class names as index and columns (such as
+            ``EvaluationResult.confusion``, or the result itself), or a square array of
+            counts together with ``labels``.
+        normalize: Divide each row by its total, so a cell is the fraction of that true
+            class predicted as the column's class (the diagonal is the recall); rows
+            without images show "–".
+        ax: Draw into this Axes and return its figure; by default a new figure is made
+            (not registered with pyplot, so nothing is left open).
+        labels: The class names of an array (they replace a DataFrame's own).
+
+    Returns:
+        The figure holding the plot: one text per cell, class names on both axes.
+
+    Raises:
+        ValueError: ``confusion`` is not a non-empty 2-D table of non-negative counts.
+        PromptError: ``labels`` is missing for an array or does not fit it.
+
+    Example:
+        >>> fig = plot_confusion_matrix([[5, 1], [2, 7]], labels=["normal", "pneumonia"])
+        >>> [t.get_text() for t in fig.axes[0].texts]
+        ['5', '1', '2', '7']
+    """
+    counts, rows, cols = _confusion_table(confusion, labels)
+    if normalize:
+        totals = counts.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.where(totals > 0, counts / totals, np.nan)
+        vmax = 1.0
+    else:
+        values = counts
+        vmax = max(float(counts.max()), 1.0)
+    n_rows, n_cols = values.shape
+    if ax is None:
+        width = 2.5 + 0.75 * n_cols + 0.05 * max(len(c) for c in cols)
+        height = 2.0 + 0.6 * n_rows + 0.05 * max(len(c) for c in cols)
+        fig: Figure = _NotebookFigure(
+            figsize=(min(width, 16.0), min(height, 16.0)), layout="constrained"
+        )
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    from matplotlib import colormaps
+
+    cmap = colormaps["Blues"].with_extremes(bad="#e6e6e6")  # rows without images
+    image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto")
+    fig.colorbar(image, ax=ax, label="fraction of the true class" if normalize else "images")
+    integers = not normalize and np.allclose(counts, np.round(counts))
+    fontsize = 9 if max(n_rows, n_cols) <= 12 else 7
+    for i in range(n_rows):
+        for j in range(n_cols):
+            value = values[i, j]
+            if np.isnan(value):
+                text, dark = "–", False
+            else:
+                text = f"{int(round(value))}" if integers else f"{value:.2f}"
+                dark = value > 0.6 * vmax
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if dark else "black",
+            )
+    ax.set_xticks(np.arange(n_cols))
+    ax.set_xticklabels([_wrap(c) for c in cols], rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(np.arange(n_rows))
+    ax.set_yticklabels([_wrap(r) for r in rows])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (row-normalised)" if normalize else "Confusion matrix")
+    return fig
+
+
+__all__ += ["plot_confusion_matrix"]

@@ -196,6 +196,7 @@ def test_files_that_are_not_checkpoints(kind, tmp_path):
         assert "web page" in str(err.value) and "quota" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("how", ["pickle", "torch_save"])
 def test_pickle_that_would_run_code_is_refused(how, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
