@@ -1,11 +1,16 @@
-"""Checking prompt lists before they reach the tokenizer.
+"""Prompts: checking prompt lists, and the prompt banks of zero-shot tasks per modality.
 
-Introduced in ``notebooks/01_quickstart.ipynb``.
+:func:`check_prompts` (introduced in ``notebooks/01_quickstart.ipynb``) checks prompt
+lists before they reach the tokenizer. The prompt banks (:mod:`mmkd_utils.prompts.banks`,
+introduced in ``notebooks/03_zero_shot_by_modality.ipynb``) hold classes, synonyms and
+templates of benchmark tasks for nine imaging modalities, as YAML files in this package.
 
 Example:
-    >>> from mmkd_utils.prompts import check_prompts
+    >>> from mmkd_utils.prompts import check_prompts, get_task
     >>> check_prompts("A chest X-ray.")
     ['A chest X-ray.']
+    >>> get_task("chexpert_5x200").name
+    'chest_xray/chexpert_5x200'
 """
 
 from __future__ import annotations
@@ -13,6 +18,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import PromptError
+from .banks import (
+    MODALITY_TASK,
+    MODALITY_TEMPLATES,
+    BankError,
+    Task,
+    get_task,
+    list_modalities,
+    list_tasks,
+    load_bank,
+    modality_task,
+)
 
 
 def check_prompts(prompts: str | Iterable[str], name: str = "prompts") -> list[str]:
@@ -45,3 +61,17 @@ def check_prompts(prompts: str | Iterable[str], name: str = "prompts") -> list[s
                 f"{name}[{i}] is empty or only whitespace; remove it or write a prompt."
             )
     return items
+
+
+__all__ = [
+    "MODALITY_TASK",
+    "MODALITY_TEMPLATES",
+    "BankError",
+    "Task",
+    "check_prompts",
+    "get_task",
+    "list_modalities",
+    "list_tasks",
+    "load_bank",
+    "modality_task",
+]
