@@ -100,12 +100,35 @@ class MMKDModel:
         self.precision = precision
         self.source = source
         self._classifiers: dict[tuple, ZeroShotClassifier] = {}
+        self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
         return (
             f"MMKDModel(source={self.source!r}, device={str(self.device)!r}, "
             f"precision={self.precision!r}, embed_dim={self.embed_dim})"
         )
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights (every tensor's name, shape, dtype and bytes) and preprocessing.
+
+        Two models with the same fingerprint give the same embeddings, so caches of
+        embeddings are keyed by it. Computed once per model (about a second for the
+        released weights on a CPU).
+
+        Example:
+            >>> clip.fingerprint[:12]  # doctest: +SKIP
+            '3f9a0c1b2d4e'
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().to("cpu").contiguous()
+                digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+                digest.update(t.reshape(-1).view(torch.uint8).numpy())
+            digest.update(repr(self.preprocess).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     @property
     def embed_dim(self) -> int:

@@ -227,3 +227,15 @@ def test_skip_returns_what_worked_and_reports_every_failure(tiny_model, tmp_path
         tiny_model.encode_images([bad, bad], on_error="skip")
     with pytest.raises(ValueError, match="on_error"):
         tiny_model.encode_images(good, on_error="ignore")
+
+
+def test_fingerprint_identifies_the_weights(tiny_model, tmp_path):
+    same = load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
+    assert same.fingerprint == tiny_model.fingerprint
+    assert len(tiny_model.fingerprint) == 64
+    sd = torch.load(TINY_CHECKPOINT, weights_only=True)
+    sd["state_dict"]["module.visual.ln_post.bias"][0] += 1e-3
+    changed = tmp_path / "changed.pth"
+    torch.save(sd, changed)
+    other = load_model(changed, text_encoder=TINY_TEXT, device="cpu")
+    assert other.fingerprint != tiny_model.fingerprint
