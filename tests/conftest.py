@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from support import TINY, TINY_CHECKPOINT, TINY_TEXT
+from support import TINY, TINY_CHECKPOINT, TINY_TEXT, LocalServer
 
 # Tests never reach the Hugging Face hub: everything they need is in tests/fixtures.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -39,3 +39,10 @@ def tiny_model(tmp_path_factory):
         yield load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
     finally:
         mp.undo()
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server (``tests/support.py``) for the download code; stopped after."""
+    with LocalServer() as srv:
+        yield srv

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from pathlib import Path
 
 import pytest
-from support import LocalServer
+from support import SHARED_DEMO
 
 from mmkd_utils import demo
 from mmkd_utils.demo import (
@@ -21,23 +22,11 @@ from mmkd_utils.demo import (
 from mmkd_utils.errors import DownloadError
 
 #: The published demo images, kept next to the repository (never committed to it).
-REFERENCE_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "demo_images"
+REFERENCE_IMAGES = SHARED_DEMO
 needs_reference = pytest.mark.skipif(
     not (REFERENCE_IMAGES / "SHA256SUMS").is_file(),
     reason=f"reference demo images not found at {REFERENCE_IMAGES}",
 )
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMKD_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MMKD_DEMO_IMAGES", raising=False)
 
 
 def _stand_ins(folder: Path) -> Path:
@@ -69,7 +58,8 @@ def test_downloads_nine_images_in_order_then_uses_cache(server, tmp_path):
         server.set(f"/imgs/{name}", (REFERENCE_IMAGES / name).read_bytes())
     paths = demo_images(base_url=server.url("/imgs/"))
     assert [p.name for p in paths] == list(DEMO_IMAGE_NAMES)
-    assert all(p.parent == tmp_path / "home" / "demo_images" == demo_image_dir() for p in paths)
+    assert all(p.parent == Path(os.environ["MMKD_HOME"]) / "demo_images" for p in paths)
+    assert demo_image_dir() == paths[0].parent
     for p in paths:
         assert hashlib.sha256(p.read_bytes()).hexdigest() == DEMO_SHA256[p.name]
     seen = len(server.requests)

@@ -10,24 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from support import CHECKPOINT_BYTES, HTML_PAGE, LocalServer, Route, dead_url
+from support import CHECKPOINT_BYTES, HTML_PAGE, Route, dead_url
 
 from mmkd_utils import download as dl
 from mmkd_utils.download import download_checkpoint, download_url, part_path, sha256_file
 from mmkd_utils.errors import DownloadError, MMKDError
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMKD_HOME", str(tmp_path / "home"))
-    for name in ("MMKD_CHECKPOINT", "MMKD_DEMO_IMAGES"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _sha(data: bytes) -> str:
@@ -219,7 +206,7 @@ def test_checkpoint_lands_at_dest(server, tmp_path):
 def test_checkpoint_default_dest_is_in_mmkd_home(server, tmp_path):
     server.set("/c.pth", CHECKPOINT_BYTES)
     got = download_checkpoint(url=server.url("/c.pth"))
-    assert got == tmp_path / "home" / "MMKD_B16.pth"
+    assert got == Path(os.environ["MMKD_HOME"]) / "MMKD_B16.pth"
     assert got.read_bytes() == CHECKPOINT_BYTES
 
 
