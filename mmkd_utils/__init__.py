@@ -8,6 +8,7 @@ Example:
     >>> clip = mmkd_utils.load_model()  # doctest: +SKIP
 """
 
+from .embeddings import FolderEmbeddings, embed_folder
 from .errors import (
     CheckpointError,
     DownloadError,
@@ -21,20 +22,26 @@ from .evaluation import evaluate_folder
 from .images import to_rgb
 from .loading import MMKDModel, load_model
 from .medical import load_image
+from .probe import linear_probe
+from .retrieval import search
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
     "DownloadError",
+    "FolderEmbeddings",
     "ImageLoadError",
     "MMKDError",
     "MMKDModel",
     "PromptError",
     "SkippedImagesWarning",
     "TextEncoderError",
+    "embed_folder",
     "evaluate_folder",
+    "linear_probe",
     "load_image",
     "load_model",
+    "search",
     "to_rgb",
 ]

@@ -1,0 +1,475 @@
+"""Benchmarks of mmkd_utils on the full-size MMKD-CLIP architecture (not part of the tests).
+
+The released weights cannot be fetched here, so the script writes a checkpoint with random
+weights and exactly the real shapes (every key of ``tests/data/mmkd_b16_state_dict_shapes
+.json``, in the upstream ``{"state_dict": {"module.…"}}`` layout): the compute and memory
+traffic are those of the released model. Every figure is the median of several
+repetitions, reported as a ratio against a baseline measured in the same run:
+
+* text: ``encode_texts`` on the nine demo prompts vs ``encode_text`` on 256-padded ids;
+* images: ``encode_images`` on nine demo-sized images vs bare ``encode_image`` on the
+  preprocessed batch (the wrapper's overhead, preprocessing included);
+* load: first load from the ``.pth`` vs a later load from the converted cache, each in a
+  fresh process and followed by a first forward pass (wall time, and peak resident
+  memory above the process's baseline as a multiple of the model's fp32 bytes), plus the
+  re-created reference load (unpickle, build with random init, copy);
+* quickstart end to end (load, nine images, nine prompts, probabilities) from the
+  converted cache vs a re-creation of the reference pipeline (unpickle, copy into the
+  model, 256-padding, fp32);
+* folder embedding: cold vs warm cache (``benchmarks/bench_embed_folder.py``).
+
+Text encoder: BiomedBERT-base's architecture from its public config values, with a
+stand-in WordPiece vocabulary made of the demo prompts' words (the real tokenizer cannot be
+fetched here); token counts are therefore a little lower than BiomedBERT's own.
+
+Usage::
+
+    python benchmarks/run_benchmarks.py [--scratch DIR] [--reps 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = REPO / "tests" / "data" / "mmkd_b16_state_dict_shapes.json"
+#: Sizes (width, height) and PIL modes of the nine published demo images, in order.
+DEMO_SIZES = [
+    ("xray.png", (1024, 1024), "L"),
+    ("fundus.jpeg", (3504, 2336), "RGB"),
+    ("pathology.jpeg", (768, 768), "RGB"),
+    ("endoscopy.jpg", (1280, 1024), "RGB"),
+    ("ct.jpg", (205, 255), "L"),
+    ("mri.jpg", (512, 512), "RGB"),
+    ("ultrasound.png", (274, 353), "L"),
+    ("dermatology.jpeg", (600, 450), "RGB"),
+    ("oct.jpg", (1000, 512), "RGB"),
+]
+#: BiomedBERT-base (microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract), public config.
+BERT_CONFIG = {
+    "architectures": ["BertForMaskedLM"],
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+
+# -- scratch material -------------------------------------------------------------------
+
+
+def write_random_checkpoint(path: Path) -> int:
+    """Write random weights of the real shapes in the upstream layout; return fp32 bytes."""
+    import torch
+
+    shapes = json.loads(SHAPES.read_text())
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in shapes.items():
+        tensor = torch.randn(shape, generator=gen) * 0.02
+        if key.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight")) or (
+            key.endswith("LayerNorm.weight")
+        ):
+            tensor = torch.ones(shape)
+        state["module." + key] = tensor
+    state["module.logit_scale"] = torch.tensor(4.6052)  # log(100), as trained CLIPs end up
+    nbytes = sum(t.numel() * 4 for t in state.values())
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        torch.save({"epoch": 0, "name": "random", "state_dict": state}, tmp)
+        os.replace(tmp, path)
+    return nbytes
+
+
+def write_text_encoder(folder: Path) -> None:
+    """BiomedBERT-base config and a stand-in vocabulary covering the demo prompts."""
+    from mmkd_utils.demo import DEMO_PROMPTS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(BERT_CONFIG, indent=2))
+    words = sorted({w for p in DEMO_PROMPTS for w in re.findall(r"\w+|[^\w\s]", p.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    vocab += [f"[unused{i}]" for i in range(BERT_CONFIG["vocab_size"] - len(vocab))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
+    )
+
+
+def demo_sized_images(folder: Path) -> list[Path]:
+    """The published demo images if present locally, else random images of their sizes."""
+    from mmkd_utils import paths
+
+    local = paths.env_path("MMKD_DEMO_IMAGES") or REPO.parent / "shared/reference/demo_images"
+    if all((local / name).is_file() for name, _, _ in DEMO_SIZES):
+        return [local / name for name, _, _ in DEMO_SIZES]
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for name, (w, h), mode in DEMO_SIZES:
+        path = folder / name
+        if not path.exists():
+            shape = (h, w) if mode == "L" else (h, w, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+        out.append(path)
+    return out
+
+
+# -- child processes (fresh interpreter for each load measurement) ---------------------------
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(mode: str, checkpoint: str, text: str, images: list[str]) -> dict:
+    """Run one measurement in this (fresh) process and return its numbers."""
+    import open_clip  # noqa: F401  (imports count as baseline, not as load)
+    import torch
+    import transformers  # noqa: F401
+
+    from mmkd_utils import load_model
+    from mmkd_utils.demo import DEMO_PROMPTS
+
+    baseline = _rss_mb("VmRSS")
+    start = time.perf_counter()
+    if mode in ("load", "quickstart"):
+        clip = load_model(checkpoint, text_encoder=text, device="cpu", precision="fp32")
+        if mode == "load":
+            clip.encode_texts(DEMO_PROMPTS[:1])
+            clip.encode_images(images[:1])
+        else:
+            clip.zero_shot(images, DEMO_PROMPTS)
+    else:  # the reference pipeline, re-created with PyPI open_clip
+        model, preprocess, tokenizer = _reference_load(checkpoint, text)
+        n = 1 if mode == "reference_load" else len(images)
+        prompts = DEMO_PROMPTS[:n]
+        from PIL import Image
+
+        with torch.no_grad():
+            pixels = torch.stack([preprocess(Image.open(p)) for p in images[:n]])
+            txt = model.encode_text(tokenizer(prompts))
+            img = model.encode_image(pixels)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            img = img / img.norm(dim=-1, keepdim=True)
+            (model.logit_scale.exp() * img @ txt.T).softmax(dim=-1)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "peak_mb_above_baseline": _rss_mb("VmHWM") - baseline}
+
+
+def _reference_load(checkpoint: str, text: str):
+    """Unpickle the whole file, build the model with random init, copy the weights in."""
+    import open_clip
+    import torch
+    from open_clip.tokenizer import HFTokenizer
+
+    from mmkd_utils.checkpoint import model_config_from_state_dict, to_open_clip_keys
+
+    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    cfg = model_config_from_state_dict(sd, text)
+    model = open_clip.CustomTextCLIP(**cfg).eval()
+    model.load_state_dict(to_open_clip_keys(sd), strict=True)
+    preprocess = open_clip.image_transform(224, is_train=False)
+    return model, preprocess, HFTokenizer(text, context_length=256)
+
+
+def run_child(mode: str, checkpoint: Path, text: Path, images: list[Path], home: Path) -> dict:
+    env = dict(os.environ, MMKD_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--checkpoint",
+        str(checkpoint),
+        "--text",
+        str(text),
+        "--images",
+        *map(str, images),
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"child {mode} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- in-process measurements ---------------------------------------------------------------
+
+
+def median_time(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_text_and_images(clip, images: list[Path], reps: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from mmkd_utils.demo import DEMO_PROMPTS
+    from mmkd_utils.images import to_rgb
+
+    padded = clip.tokenizer(DEMO_PROMPTS)
+
+    def full():
+        with torch.no_grad():
+            return F.normalize(clip.model.encode_text(padded), dim=-1)
+
+    fast = clip.encode_texts(DEMO_PROMPTS)
+    max_diff = float((fast - full()).abs().max())
+    t_fast = median_time(lambda: clip.encode_texts(DEMO_PROMPTS), reps)
+    t_full = median_time(full, reps)
+
+    pixels = torch.stack([clip.preprocess(to_rgb(p)) for p in images])
+
+    def bare():
+        with torch.no_grad():
+            return clip.model.encode_image(pixels)
+
+    t_wrap = median_time(lambda: clip.encode_images(images), reps)
+    t_bare = median_time(bare, reps)
+    return {
+        "text_tokens_longest": int(clip.tokenize(DEMO_PROMPTS).shape[1]),
+        "text_s": t_fast,
+        "text_256_s": t_full,
+        "text_speedup": t_full / t_fast,
+        "text_max_abs_diff": max_diff,
+        "images_s": t_wrap,
+        "images_bare_s": t_bare,
+        "images_throughput_ratio": t_bare / t_wrap,
+        "images_per_s": len(images) / t_wrap,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scratch", type=Path, default=None)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--load-reps", type=int, default=3)
+    parser.add_argument(
+        "--json", type=Path, default=REPO / "benchmarks" / "results" / "latest.json"
+    )
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--text", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--images", nargs="*", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.checkpoint, args.text, args.images)))
+        return 0
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="mmkd_bench_"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    checkpoint, text = scratch / "MMKD_B16_random.pth", scratch / "biomedbert-config"
+    model_bytes = write_random_checkpoint(checkpoint)
+    write_text_encoder(text)
+    images = demo_sized_images(scratch / "demo_sized")
+    model_mb = model_bytes / 2**20
+
+    results: dict = {"model_fp32_mb": model_mb}
+    loads: dict[str, list[dict]] = {"first": [], "cached": [], "reference": []}
+    for rep in range(args.load_reps):
+        home = scratch / f"home_{rep}"
+        shutil.rmtree(home, ignore_errors=True)
+        loads["first"].append(run_child("load", checkpoint, text, images, home))
+        loads["cached"].append(run_child("load", checkpoint, text, images, home))
+        loads["reference"].append(run_child("reference_load", checkpoint, text, images, home))
+    for name, runs in loads.items():
+        results[f"load_{name}_s"] = statistics.median(r["wall_s"] for r in runs)
+        results[f"load_{name}_peak_x"] = (
+            statistics.median(r["peak_mb_above_baseline"] for r in runs) / model_mb
+        )
+    results["load_cached_over_first"] = results["load_cached_s"] / results["load_first_s"]
+
+    home = scratch / "home_0"  # holds a converted copy by now
+    quick = [run_child("quickstart", checkpoint, text, images, home) for _ in range(args.load_reps)]
+    ref = [
+        run_child("reference_quickstart", checkpoint, text, images, home)
+        for _ in range(args.load_reps)
+    ]
+    results["quickstart_s"] = statistics.median(r["wall_s"] for r in quick)
+    results["quickstart_reference_s"] = statistics.median(r["wall_s"] for r in ref)
+    results["quickstart_ratio"] = results["quickstart_s"] / results["quickstart_reference_s"]
+
+    os.environ["MMKD_HOME"] = str(home)
+    from mmkd_utils import load_model
+
+    clip = load_model(checkpoint, text_encoder=text, device="cpu", precision="fp32")
+    results.update(bench_text_and_images(clip, images, args.reps))
+
+    folder = _folder_benchmark(checkpoint, text, scratch)
+    results.update(folder)
+    results["total_s"] = time.perf_counter() - started
+    results["machine"] = machine()
+
+    targets = check_targets(results)
+    print(table(results, targets))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"results": results, "targets": targets}, indent=2))
+    print(f"\nJSON: {args.json}")
+    return 0 if all(ok for _, _, ok in targets) else 1
+
+
+def _folder_benchmark(checkpoint: Path, text: Path, scratch: Path) -> dict:
+    bench = REPO / "benchmarks" / "bench_embed_folder.py"
+    if not bench.is_file():
+        return {}
+    env = dict(os.environ, MMKD_HOME=str(scratch / "home_folder"), HF_HUB_OFFLINE="1")
+    out = subprocess.run(
+        [sys.executable, str(bench), "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    try:
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"folder_error": out.stderr[-500:]}
+    return {f"folder_{k}": v for k, v in data.items()}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+
+
+def check_targets(r: dict) -> list[tuple[str, str, bool]]:
+    out = [
+        (
+            "text ≥ 10× faster than 256-padding",
+            f"{r['text_speedup']:.1f}×",
+            r["text_speedup"] >= 10,
+        ),
+        (
+            "text embeddings equal to ≤ 1e-5",
+            f"{r['text_max_abs_diff']:.1e}",
+            r["text_max_abs_diff"] <= 1e-5,
+        ),
+        (
+            "images ≥ 0.95× bare encode_image throughput",
+            f"{r['images_throughput_ratio']:.2f}×",
+            r["images_throughput_ratio"] >= 0.95,
+        ),
+        (
+            "cached load ≤ 0.3× first load",
+            f"{r['load_cached_over_first']:.2f}×",
+            r["load_cached_over_first"] <= 0.3,
+        ),
+        (
+            "first load peak ≤ 1.3× model bytes",
+            f"{r['load_first_peak_x']:.2f}×",
+            r["load_first_peak_x"] <= 1.3,
+        ),
+        (
+            "cached load peak ≤ 1.2× model bytes",
+            f"{r['load_cached_peak_x']:.2f}×",
+            r["load_cached_peak_x"] <= 1.2,
+        ),
+        (
+            "quickstart (cached) ≤ 0.5× reference pipeline",
+            f"{r['quickstart_ratio']:.2f}×",
+            r["quickstart_ratio"] <= 0.5,
+        ),
+    ]
+    if "folder_ratio" in r:
+        out.append(
+            (
+                "warm folder embedding ≥ 20× faster than cold",
+                f"{r['folder_ratio']:.0f}×",
+                r["folder_ratio"] >= 20,
+            )
+        )
+    return out
+
+
+def table(r: dict, targets: list[tuple[str, str, bool]]) -> str:
+    rows = [
+        (
+            "text: 9 demo prompts, padded to longest",
+            f"{r['text_s'] * 1e3:.0f} ms",
+            f"256-padded: {r['text_256_s'] * 1e3:.0f} ms",
+        ),
+        (
+            "images: 9 demo-sized images (wrapper)",
+            f"{r['images_s']:.2f} s",
+            f"bare encode_image: {r['images_bare_s']:.2f} s",
+        ),
+        (
+            "load: first, from .pth (+ first forward)",
+            f"{r['load_first_s']:.1f} s",
+            f"peak {r['load_first_peak_x']:.2f}× model",
+        ),
+        (
+            "load: later, from converted cache",
+            f"{r['load_cached_s']:.1f} s",
+            f"peak {r['load_cached_peak_x']:.2f}× model",
+        ),
+        (
+            "load: reference (unpickle, init, copy)",
+            f"{r['load_reference_s']:.1f} s",
+            f"peak {r['load_reference_peak_x']:.2f}× model",
+        ),
+        (
+            "quickstart end to end, cached",
+            f"{r['quickstart_s']:.1f} s",
+            f"reference pipeline: {r['quickstart_reference_s']:.1f} s",
+        ),
+    ]
+    if "folder_cold_s" in r:
+        rows.append(
+            (
+                f"embed_folder: {r.get('folder_images', '?')} images, cold → warm",
+                f"{r['folder_cold_s']:.2f} s → {r['folder_warm_s']:.3f} s",
+                f"{r['folder_ratio']:.0f}×",
+            )
+        )
+    width = max(len(a) for a, _, _ in rows)
+    lines = [f"Machine: {r['machine']}", f"Model: {r['model_fp32_mb']:.0f} MB fp32", ""]
+    lines += [f"{a:<{width}}  {b:>14}  {c}" for a, b, c in rows]
+    lines += ["", "Targets:"]
+    lines += [f"  [{'PASS' if ok else 'FAIL'}] {name}: {value}" for name, value, ok in targets]
+    lines.append(f"\nTotal time: {r['total_s'] / 60:.1f} min")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
