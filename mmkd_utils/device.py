@@ -75,3 +75,39 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
         True
     """
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+
+#: Rough activation memory of one ViT-B/16 image in inference, with a safety margin.
+BYTES_PER_IMAGE = 32 * 2**20
+#: Image batch size on the CPU and Apple MPS: bounded memory on a 16 GB laptop.
+CPU_IMAGE_BATCH = 32
+
+
+def auto_image_batch_size(device: torch.device, cap: int = 256) -> int:
+    """Default image batch size: from free GPU memory on CUDA, a fixed 32 elsewhere.
+
+    On CUDA half of the currently free memory is budgeted at ``BYTES_PER_IMAGE`` per
+    image, between 1 and ``cap``.
+
+    Example:
+        >>> import torch
+        >>> auto_image_batch_size(torch.device("cpu"))
+        32
+    """
+    if device.type != "cuda":
+        return CPU_IMAGE_BATCH
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(1, min(cap, int(free * 0.5) // BYTES_PER_IMAGE))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a CPU batch to ``device``; on CUDA through pinned memory, without blocking.
+
+    Example:
+        >>> import torch
+        >>> to_device(torch.zeros(2), torch.device("cpu")).device.type
+        'cpu'
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

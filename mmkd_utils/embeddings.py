@@ -450,7 +450,7 @@ def embed_folder(
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
-    size = _check_batch_size(batch_size, DEFAULT_IMAGE_BATCH)
+    size = _check_batch_size(batch_size, getattr(model, "image_batch_size", DEFAULT_IMAGE_BATCH))
     workers = _check_num_workers(num_workers)
     folder = cache_folder(model, cache)
     root = Path(root).expanduser()

@@ -525,7 +525,7 @@ def evaluate_folder(
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
-    size = _check_batch_size(batch_size, DEFAULT_IMAGE_BATCH)
+    size = _check_batch_size(batch_size, getattr(model, "image_batch_size", DEFAULT_IMAGE_BATCH))
     ks = _check_top_k(top_k)
     folders = find_class_folders(root)
     clf = _resolve_classifier(model, task_or_classes, templates)

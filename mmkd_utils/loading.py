@@ -43,7 +43,13 @@ from .checkpoint import (
     to_open_clip_keys,
 )
 from .classifier import ZeroShotClassifier, build_classifier
-from .device import autocast_dtype, resolve_device, resolve_precision
+from .device import (
+    auto_image_batch_size,
+    autocast_dtype,
+    resolve_device,
+    resolve_precision,
+    to_device,
+)
 from .errors import (
     CheckpointError,
     ImageLoadError,
@@ -101,6 +107,8 @@ class MMKDModel:
         self.source = source
         self._classifiers: dict[tuple, ZeroShotClassifier] = {}
         self._fingerprint: str | None = None
+        #: Default image batch size: from free GPU memory on CUDA, 32 elsewhere.
+        self.image_batch_size = auto_image_batch_size(device)
 
     def __repr__(self) -> str:
         return (
@@ -167,7 +175,7 @@ class MMKDModel:
             torch.Size([2, 512])
         """
         items = _as_image_list(images)
-        size = _check_batch_size(batch_size, DEFAULT_IMAGE_BATCH)
+        size = _check_batch_size(batch_size, self.image_batch_size)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
         out, failures = [], []
@@ -193,9 +201,10 @@ class MMKDModel:
             >>> clip.encode_pixels(clip.preprocess(img)[None]).shape  # doctest: +SKIP
             torch.Size([1, 512])
         """
-        with torch.no_grad(), self._autocast():
-            feats = self.model.encode_image(pixels.to(self.device))
-        return F.normalize(feats.float(), dim=-1).cpu()
+        with torch.inference_mode(), self._autocast():
+            feats = self.model.encode_image(to_device(pixels, self.device))
+            out = F.normalize(feats.float(), dim=-1).cpu()
+        return out.clone()  # an ordinary tensor, usable outside inference mode
 
     # -- texts ------------------------------------------------------------------------
     def tokenize(self, texts: str | Iterable[str]) -> torch.Tensor:
@@ -242,13 +251,14 @@ class MMKDModel:
         size = _check_batch_size(batch_size, DEFAULT_TEXT_BATCH)
         pad = self.tokenizer.tokenizer.pad_token_id
         out = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, ids.shape[0], size):
-                chunk = _trim_padding(ids[start : start + size], pad).to(self.device)
+                chunk = to_device(_trim_padding(ids[start : start + size], pad), self.device)
                 with self._autocast():
                     feats = self.model.encode_text(chunk)
                 out.append(F.normalize(feats.float(), dim=-1).cpu())
-        return torch.cat(out)
+            result = torch.cat(out)
+        return result.clone()  # an ordinary tensor, usable outside inference mode
 
     # -- zero-shot --------------------------------------------------------------------
     def classifier(

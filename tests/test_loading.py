@@ -239,3 +239,45 @@ def test_fingerprint_identifies_the_weights(tiny_model, tmp_path):
     torch.save(sd, changed)
     other = load_model(changed, text_encoder=TINY_TEXT, device="cpu")
     assert other.fingerprint != tiny_model.fingerprint
+
+
+def test_auto_image_batch_size(monkeypatch):
+    from mmkd_utils.device import BYTES_PER_IMAGE, auto_image_batch_size
+
+    assert auto_image_batch_size(torch.device("cpu")) == 32
+    assert auto_image_batch_size(torch.device("mps")) == 32
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (20 * BYTES_PER_IMAGE, 0))
+    assert auto_image_batch_size(cuda) == 10  # half of the free memory
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (10**13, 0))
+    assert auto_image_batch_size(cuda) == 256  # capped
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (1, 0))
+    assert auto_image_batch_size(cuda) == 1
+
+
+def test_cuda_transfers_go_through_pinned_memory():
+    from mmkd_utils.device import to_device
+
+    calls = []
+
+    class FakeBatch:
+        device = torch.device("cpu")
+
+        def pin_memory(self):
+            calls.append("pin")
+            return self
+
+        def to(self, device, non_blocking=False):
+            calls.append(("to", device.type, non_blocking))
+            return self
+
+    to_device(FakeBatch(), torch.device("cuda"))
+    assert calls == ["pin", ("to", "cuda", True)]
+    calls.clear()
+    to_device(FakeBatch(), torch.device("cpu"))
+    assert calls == [("to", "cpu", False)]
+
+
+def test_default_batch_size_comes_from_the_device(tiny_model):
+    assert tiny_model.image_batch_size == 32
+    assert tiny_model.encode_texts(["a"]).requires_grad is False
