@@ -8,6 +8,7 @@ Example:
     >>> clip = mmkd_utils.load_model()  # doctest: +SKIP
 """
 
+from .diagnostics import doctor
 from .embeddings import FolderEmbeddings, embed_folder
 from .errors import (
     CheckpointError,
@@ -37,6 +38,7 @@ __all__ = [
     "PromptError",
     "SkippedImagesWarning",
     "TextEncoderError",
+    "doctor",
     "embed_folder",
     "evaluate_folder",
     "linear_probe",

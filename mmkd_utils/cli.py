@@ -8,6 +8,9 @@ Example:
     $ mmkd-clip download --demo-images
     checkpoint: ~/.cache/mmkd-clip/MMKD_B16.pth
     demo images: ~/.cache/mmkd-clip/demo_images (9 files)
+    $ mmkd-clip doctor --offline
+    OK      python: 3.11.7 (/usr/bin/python3)
+    ...
 """
 
 from __future__ import annotations
@@ -39,6 +42,36 @@ def _cmd_download(args: argparse.Namespace) -> int:
         folders = sorted({str(p.parent) for p in images})
         print(f"demo images: {', '.join(folders)} ({len(images)} files)")
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    """Print the doctor's report; exit code 0 without ERROR lines, 1 with.
+
+    Example:
+        >>> _cmd_doctor(build_parser().parse_args(["doctor", "--offline"]))  # doctest: +SKIP
+        OK      python: 3.11.7 (/usr/bin/python3)
+        ...
+        24 checks: 20 OK, 4 WARNING, 0 ERROR.
+        0
+    """
+    from mmkd_utils.diagnostics import doctor
+
+    report = doctor(network=not args.offline, timeout=args.timeout, verify_weights=args.verify)
+    print(report)
+    print()
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the timeout must be positive, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo-images", action="store_true", help="also download the nine demo images"
     )
     download.set_defaults(func=_cmd_download)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check Python, torch, the GPU, packages, cache, weights and network",
+        description="Check what MMKD-CLIP needs and print one line per check (OK, WARNING "
+        "or ERROR, with the fix for each problem). Exit code 1 if any line is an ERROR.",
+    )
+    doctor.add_argument(
+        "--offline", action="store_true", help="contact no host (skip the network checks)"
+    )
+    doctor.add_argument(
+        "--verify",
+        action="store_true",
+        help="also read the checkpoint (784 MB) and the converted copy's header",
+    )
+    doctor.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=3.0,
+        metavar="S",
+        help="seconds to wait for each host (default: 3)",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
     return parser
 
 
