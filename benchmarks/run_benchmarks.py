@@ -10,8 +10,9 @@ repetitions, reported as a ratio against a baseline measured in the same run:
 * images: ``encode_images`` on nine demo-sized images vs bare ``encode_image`` on the
   preprocessed batch (the wrapper's overhead, preprocessing included);
 * load: first load from the ``.pth`` vs a later load from the converted cache, each in a
-  fresh process and followed by a first forward pass (wall time, and peak resident
-  memory above the process's baseline as a multiple of the model's fp32 bytes), plus the
+  fresh process and followed by a first forward pass (wall time of the load, and of the
+  load with the forward pass; peak resident memory through both, above the process's
+  baseline, as a multiple of the model's fp32 bytes), plus the
   re-created reference load (unpickle, build with random init, copy); the library
   imports (torch, open_clip, transformers' BERT code) belong to the baseline;
 * quickstart end to end (load, nine images, nine prompts, probabilities) from the
@@ -162,6 +163,7 @@ def child(mode: str, checkpoint: str, text: str, images: list[str]) -> dict:
     start = time.perf_counter()
     if mode in ("load", "quickstart"):
         clip = load_model(checkpoint, text_encoder=text, device="cpu", precision="fp32")
+        load_s = time.perf_counter() - start
         if mode == "load":
             clip.encode_texts(DEMO_PROMPTS[:1])
             clip.encode_images(images[:1])
@@ -169,6 +171,7 @@ def child(mode: str, checkpoint: str, text: str, images: list[str]) -> dict:
             clip.zero_shot(images, DEMO_PROMPTS)
     else:  # the reference pipeline, re-created with PyPI open_clip
         model, preprocess, tokenizer = _reference_load(checkpoint, text)
+        load_s = time.perf_counter() - start
         n = 1 if mode == "reference_load" else len(images)
         prompts = DEMO_PROMPTS[:n]
         from PIL import Image
@@ -181,7 +184,11 @@ def child(mode: str, checkpoint: str, text: str, images: list[str]) -> dict:
             img = img / img.norm(dim=-1, keepdim=True)
             (model.logit_scale.exp() * img @ txt.T).softmax(dim=-1)
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "peak_mb_above_baseline": _rss_mb("VmHWM") - baseline}
+    return {
+        "wall_s": wall,
+        "load_only_s": load_s,
+        "peak_mb_above_baseline": _rss_mb("VmHWM") - baseline,
+    }
 
 
 def _reference_load(checkpoint: str, text: str):
@@ -224,14 +231,20 @@ def run_child(mode: str, checkpoint: Path, text: Path, images: list[Path], home:
 # -- in-process measurements ---------------------------------------------------------------
 
 
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
+def paired_median_times(fn_a, fn_b, reps: int) -> tuple[float, float]:
+    """Median times of two functions measured alternately (a, b, a, b, ...).
+
+    Alternating keeps slow drifts of the machine (other load, frequency changes) from
+    falling on one side of a ratio.
+    """
+    fn_a(), fn_b()  # warm-up
+    times_a, times_b = [], []
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def bench_text_and_images(clip, images: list[Path], reps: int) -> dict:
@@ -244,22 +257,20 @@ def bench_text_and_images(clip, images: list[Path], reps: int) -> dict:
     padded = clip.tokenizer(DEMO_PROMPTS)
 
     def full():
-        with torch.no_grad():
+        with torch.inference_mode():
             return F.normalize(clip.model.encode_text(padded), dim=-1)
 
     fast = clip.encode_texts(DEMO_PROMPTS)
     max_diff = float((fast - full()).abs().max())
-    t_fast = median_time(lambda: clip.encode_texts(DEMO_PROMPTS), reps)
-    t_full = median_time(full, reps)
+    t_fast, t_full = paired_median_times(lambda: clip.encode_texts(DEMO_PROMPTS), full, reps)
 
     pixels = torch.stack([clip.preprocess(to_rgb(p)) for p in images])
 
     def bare():
-        with torch.no_grad():
+        with torch.inference_mode():
             return clip.model.encode_image(pixels)
 
-    t_wrap = median_time(lambda: clip.encode_images(images), reps)
-    t_bare = median_time(bare, reps)
+    t_wrap, t_bare = paired_median_times(lambda: clip.encode_images(images), bare, reps)
     return {
         "text_tokens_longest": int(clip.tokenize(DEMO_PROMPTS).shape[1]),
         "text_s": t_fast,
@@ -309,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         loads["cached"].append(run_child("load", checkpoint, text, images, home))
         loads["reference"].append(run_child("reference_load", checkpoint, text, images, home))
     for name, runs in loads.items():
-        results[f"load_{name}_s"] = statistics.median(r["wall_s"] for r in runs)
+        results[f"load_{name}_s"] = statistics.median(r["load_only_s"] for r in runs)
+        results[f"load_{name}_with_forward_s"] = statistics.median(r["wall_s"] for r in runs)
         results[f"load_{name}_peak_x"] = (
             statistics.median(r["peak_mb_above_baseline"] for r in runs) / model_mb
         )
@@ -437,18 +449,21 @@ def table(r: dict, targets: list[tuple[str, str, bool]]) -> str:
             f"bare encode_image: {r['images_bare_s']:.2f} s",
         ),
         (
-            "load: first, from .pth (+ first forward)",
-            f"{r['load_first_s']:.1f} s",
+            "load: first, from .pth",
+            f"{r['load_first_s']:.2f} s",
+            f"with first forward {r['load_first_with_forward_s']:.2f} s, "
             f"peak {r['load_first_peak_x']:.2f}× model",
         ),
         (
             "load: later, from converted cache",
-            f"{r['load_cached_s']:.1f} s",
+            f"{r['load_cached_s']:.2f} s",
+            f"with first forward {r['load_cached_with_forward_s']:.2f} s, "
             f"peak {r['load_cached_peak_x']:.2f}× model",
         ),
         (
             "load: reference (unpickle, init, copy)",
-            f"{r['load_reference_s']:.1f} s",
+            f"{r['load_reference_s']:.2f} s",
+            f"with first forward {r['load_reference_with_forward_s']:.2f} s, "
             f"peak {r['load_reference_peak_x']:.2f}× model",
         ),
         (

@@ -76,9 +76,17 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                return img.copy()
+            img = Image.open(path)
+            try:
+                img.load()  # decodes now; Pillow then closes a single-frame file itself
+                if getattr(img, "n_frames", 1) > 1:  # keep the first frame, close the file
+                    first = img.copy()
+                    img.close()
+                    img = first
+            except BaseException:
+                img.close()
+                raise
+            return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise too_large_error(path, str(err)) from None
     except UnidentifiedImageError:
