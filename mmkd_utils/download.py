@@ -14,12 +14,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from filelock import FileLock
@@ -63,6 +65,24 @@ def _lock(dest: Path) -> FileLock:
     return FileLock(str(dest) + ".lock")
 
 
+@contextlib.contextmanager
+def _locked(dest: Path) -> Iterator[None]:
+    """Hold ``dest``'s lock; a lock file that cannot be created is a DownloadError."""
+    lock = _lock(dest)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise DownloadError(
+            f"Could not create the lock file {lock.lock_file} for {dest.name} "
+            f"({exc.strerror or exc}). Check that {dest.parent} is writable, or set MMKD_HOME "
+            "to a writable folder, then run again."
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _is_good(dest: Path, sha256: str | None) -> bool:
     """True when ``dest`` is a file and, if ``sha256`` is given, has that hash."""
     return dest.is_file() and (sha256 is None or sha256_file(dest) == sha256.lower())
@@ -82,6 +102,47 @@ def _make_parent(dest: Path) -> None:
 def _unlink(path: Path) -> None:
     """Delete ``path`` if it exists."""
     path.unlink(missing_ok=True)
+
+
+def _write_error(exc: OSError, url: str, part: Path, dest: Path) -> DownloadError:
+    """The error for a local write that failed (full disk, read-only folder) mid-download.
+
+    The partial file is deleted: on a full disk it only takes space, and ``dest`` (if it
+    exists) is never touched.
+    """
+    _unlink_quietly(part)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem = (
+            f"the disk is full (no space left on the device that holds {dest.parent}). "
+            f"Free some disk space, or set MMKD_HOME to a folder on a disk with room, "
+            "then run again"
+        )
+    else:
+        problem = (
+            f"the file could not be written ({exc.strerror or exc}). Check that "
+            f"{dest.parent} is writable, or set MMKD_HOME to a writable folder, then run again"
+        )
+    return DownloadError(f"Could not save {url} as {dest}: {problem}.")
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Delete ``path`` if possible; a failure here must not hide the original error."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _move_into_place(part: Path, dest: Path, url: str) -> None:
+    """``os.replace(part, dest)``, raising DownloadError (dest untouched) when it fails."""
+    try:
+        os.replace(part, dest)
+    except OSError as exc:
+        raise DownloadError(
+            f"The file downloaded from {url} is complete but could not be moved to {dest} "
+            f"({exc.strerror or exc}). Check that {dest.parent} is writable (or set MMKD_HOME "
+            f"to a writable folder) and run again; the download is kept in {part}."
+        ) from exc
 
 
 def _hand_download_hint(url: str, dest: Path, first: str = "Check your network connection") -> str:
@@ -130,8 +191,12 @@ def _stream_to_part(url: str, part: Path, dest: Path, desc: str | None, timeout:
             length = response.headers.get("Content-Length", "")
             total = start + int(length) if length.isdigit() else None
             received = start
+            try:
+                out = open(part, "ab" if start else "wb")
+            except OSError as exc:
+                raise _write_error(exc, url, part, dest) from exc
             with (
-                open(part, "ab" if start else "wb") as out,
+                out,
                 tqdm(
                     total=total,
                     initial=start,
@@ -143,9 +208,14 @@ def _stream_to_part(url: str, part: Path, dest: Path, desc: str | None, timeout:
                 ) as bar,
             ):
                 for block in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(block)
+                    try:
+                        out.write(block)
+                    except OSError as exc:
+                        raise _write_error(exc, url, part, dest) from exc
                     received += len(block)
                     bar.update(len(block))
+    except DownloadError:
+        raise
     except urllib.error.HTTPError as exc:
         raise DownloadError(
             f"Could not download {url}: the server answered HTTP {exc.code} {exc.reason}. "
@@ -198,7 +268,7 @@ def download_url(
         return dest
     _make_parent(dest)
     part = part_path(dest)
-    with _lock(dest):
+    with _locked(dest):
         if _is_good(dest, sha256):  # another process finished it while we waited
             return dest
         _stream_to_part(url, part, dest, desc, timeout)
@@ -220,7 +290,7 @@ def download_url(
                     f"The file downloaded from {url} did not verify ({exc}); it was "
                     f"deleted. Run again, or download it by hand and put it at {dest}."
                 ) from exc
-        os.replace(part, dest)
+        _move_into_place(part, dest, url)
     return dest
 
 
@@ -331,10 +401,9 @@ def _gdown_to_part(url: str, part: Path, dest: Path, timeout: float) -> None:
                 f"{_gdown_kept_hint(part) or ' Run again.'} Or {_manual_hint(dest)}"
             ) from exc
         except OSError as exc:
-            raise DownloadError(
-                f"Could not write the MMKD-CLIP weights from {url} next to {dest}: {exc}. "
-                f"Free some disk space or choose another folder (MMKD_HOME), then run again."
-            ) from exc
+            for stale in _gdown_partials(part):  # gdown's own partial file of this attempt
+                _unlink_quietly(stale)
+            raise _write_error(exc, f"the MMKD-CLIP weights from {url}", part, dest) from exc
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
@@ -344,6 +413,44 @@ def _stat_key(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of ``path``, or None when it does not exist.
+
+    Example:
+        >>> file_identity("/surely/not/there") is None
+        True
+    """
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def set_aside(dest: str | os.PathLike[str], seen: tuple[int, int, int] | None) -> Path | None:
+    """Rename a cached file that failed to verify to ``<dest>.corrupt`` (kept, not deleted).
+
+    ``seen`` is :func:`file_identity` of the file that failed. Under ``dest``'s download
+    lock, the file is moved only if it is still that file; if another process already
+    replaced it, nothing happens and None is returned. An older ``.corrupt`` file is kept
+    too (the new one is ``<dest>.2.corrupt``, ...). Raises ``OSError`` if the rename fails.
+
+    Example:
+        >>> set_aside("MMKD_B16.pth", file_identity("MMKD_B16.pth"))  # doctest: +SKIP
+        PosixPath('MMKD_B16.pth.corrupt')
+    """
+    dest = Path(dest)
+    with _locked(dest):
+        if seen is None or file_identity(dest) != seen:
+            return None
+        aside, n = dest.with_name(dest.name + ".corrupt"), 1
+        while aside.exists():
+            n += 1
+            aside = dest.with_name(f"{dest.name}.{n}.corrupt")
+        os.replace(dest, aside)
+    return aside
 
 
 def download_checkpoint(
@@ -373,7 +480,7 @@ def download_checkpoint(
     _make_parent(dest)
     before = _stat_key(dest)
     part = part_path(dest)
-    with _lock(dest):
+    with _locked(dest):
         now = _stat_key(dest)
         if now is not None and (not force or now != before):
             return dest  # another process downloaded it while we waited
@@ -383,13 +490,20 @@ def download_checkpoint(
             except DownloadError:
                 pass  # it was deleted; download afresh
             else:
-                os.replace(part, dest)
+                _move_into_place(part, dest, url)
                 return dest
         _unlink(part)
         _gdown_to_part(url, part, dest, timeout)
         _verify_checkpoint(part, url, dest)
-        os.replace(part, dest)
+        _move_into_place(part, dest, url)
     return dest
 
 
-__all__ = ["sha256_file", "part_path", "download_url", "download_checkpoint"]
+__all__ = [
+    "sha256_file",
+    "part_path",
+    "download_url",
+    "download_checkpoint",
+    "file_identity",
+    "set_aside",
+]

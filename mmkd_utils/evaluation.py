@@ -41,7 +41,12 @@ import numpy as np
 import torch
 
 from .classifier import ZeroShotClassifier
-from .errors import ImageLoadError, MMKDError, PromptError, SkippedImagesWarning
+from .errors import (
+    EvaluationError,
+    ImageLoadError,
+    PromptError,
+    SkippedImagesWarning,
+)
 from .loading import DEFAULT_IMAGE_BATCH, _check_batch_size
 
 if TYPE_CHECKING:
@@ -78,10 +83,6 @@ __all__ = [
     "list_images",
     "match_folders",
 ]
-
-
-class EvaluationError(MMKDError, ValueError):
-    """An image folder does not fit the ImageFolder layout or the classifier's classes."""
 
 
 @dataclass(eq=False, repr=False)
@@ -557,7 +558,10 @@ def evaluate_folder(
         paths += images
         truth += [class_names.index(target)] * len(images)
     if not paths:
-        raise EvaluationError(f"No class folder under {root} holds any image files.")
+        raise EvaluationError(
+            f"No class folder under {root} holds any image files ({', '.join(IMAGE_SUFFIXES)}): "
+            "check the folder, and put the images of each class in its sub-folder."
+        )
     loose = [p for p in Path(root).expanduser().iterdir() if p.is_file() and _is_image_name(p.name)]
     if loose:
         notes.append(f"{len(loose)} image(s) directly in {root} ignored: not in a class folder.")

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Union
@@ -26,15 +27,18 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageLoadError
 
-#: What the package accepts as one image.
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias)
+#: What the package accepts as one image (``bytes`` is a file name, as ``os.fsencode`` gives).
+ImageInput = Union[str, bytes, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias)
 
 # Modes whose values do not fit in 8 bits: rescaled to 0..255 from their own range.
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;32", "I;32B", "I;32L"}
 
 
-def check_file(path: str | os.PathLike) -> Path:
-    """Return ``path`` as a :class:`~pathlib.Path`, or raise if it is missing or a folder.
+def check_file(path: str | bytes | os.PathLike) -> Path:
+    """Return ``path`` as a :class:`~pathlib.Path`; raise if it is missing, a folder or empty.
+
+    ``bytes`` names (any bytes a Linux file name may hold) are decoded as ``os.fsdecode``
+    does, so a file whose name is not valid UTF-8 can still be opened.
 
     Example:
         >>> check_file("imgs/does_not_exist.png")
@@ -42,11 +46,28 @@ def check_file(path: str | os.PathLike) -> Path:
         ...
         mmkd_utils.errors.ImageLoadError: Image imgs/does_not_exist.png does not exist...
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageLoadError(f"Image {path} does not exist: check the file name and folder.")
-    if path.is_dir():
-        raise ImageLoadError(f"Image {path} is a folder, not an image file.")
+    path = Path(os.fsdecode(path))
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageLoadError(
+            f"Image {path} does not exist: check the file name and folder."
+        ) from None
+    except OSError as err:  # name too long, permission denied on a folder, I/O error
+        raise ImageLoadError(
+            f"Image {path} cannot be opened ({err.strerror or err}): check the file name "
+            "and folder (most file systems allow at most 255 bytes per name)."
+        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(
+            f"Image {path} is a folder, not an image file: pass the files in it (or use "
+            "embed_folder for a whole folder)."
+        )
+    if st.st_size == 0:
+        raise ImageLoadError(
+            f"Image {path} is empty (0 bytes): the copy or download did not finish. "
+            "Download or export it again."
+        )
     return path
 
 
@@ -94,17 +115,28 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             f"Image {path} is not an image Pillow can read (wrong extension, or a text or "
             "other file?). Convert it to PNG or JPEG."
         ) from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageLoadError(
             f"Image {path} could not be decoded ({err}); the file may be truncated or "
             "corrupt. Download or export it again."
+        ) from None
+    except MemoryError:
+        raise ImageLoadError(
+            f"Image {path} is too large to decode in the memory available: downscale it "
+            "first, or free memory and try again."
+        ) from None
+    except Exception as err:  # Pillow's plugins raise many types for malformed files
+        raise ImageLoadError(
+            f"Image {path} could not be decoded ({type(err).__name__}: {err}); the file "
+            "is probably corrupt. Download or export it again, or convert it to PNG."
         ) from None
 
 
 def linear_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Map ``lo..hi`` linearly onto 0..255, clipping outside (a display window).
 
-    Non-finite values become 0; if ``hi <= lo`` everything becomes 0.
+    Non-finite values become 0; if ``hi <= lo`` everything becomes 0. Ranges wider than
+    float64 can hold (``hi - lo`` overflows, e.g. -1e308..1e308) work too.
 
     Example:
         >>> linear_to_uint8(np.array([-1.0, 0.0, 5.0, 10.0, 99.0]), 0.0, 10.0).tolist()
@@ -112,8 +144,15 @@ def linear_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """
     data = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(data)
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    out = np.where(finite, (np.where(finite, data, lo) - lo) * scale, 0.0)
+    if not hi > lo:
+        return np.zeros(data.shape, dtype=np.uint8)
+    clean = np.where(finite, data, lo)
+    with np.errstate(over="ignore"):  # far outside the window: ±inf, clipped below
+        if np.isfinite(hi - lo):
+            out = (clean - lo) * (255.0 / (hi - lo))
+        else:  # halving is exact, and the halves' difference cannot overflow
+            out = (clean / 2 - lo / 2) * (255.0 / (hi / 2 - lo / 2))
+    out = np.where(finite, out, 0.0)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -180,7 +219,7 @@ def to_rgb(image: ImageInput) -> Image.Image:
         >>> to_rgb(Image.new("I;16", (8, 8), 4000)).mode
         'RGB'
     """
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, (str, bytes, os.PathLike)):
         from .medical import load_image  # here, not at the top: medical imports this module
 
         return load_image(image)
@@ -203,15 +242,20 @@ def pil_to_rgb(image: Image.Image, name: str) -> Image.Image:
         (3, 2)
     """
     if image.width == 0 or image.height == 0:
-        raise ImageLoadError(f"{name} has size {image.size}; it holds no pixels.")
-    if image.mode == "RGB":
-        return image
-    if image.mode in _HIGH_DEPTH_MODES:
-        return array_to_image(np.asarray(image), name=name)
+        raise ImageLoadError(
+            f"{name} has size {image.size}; it holds no pixels: pass a non-empty image."
+        )
     try:
+        if image.mode == "RGB":
+            image.load()  # a lazily opened image decodes here, not in the model's transform
+            return image
+        if image.mode in _HIGH_DEPTH_MODES:
+            return array_to_image(np.asarray(image), name=name)
         return image.convert("RGB")
-    except (ValueError, OSError) as err:
+    except ImageLoadError:
+        raise
+    except Exception as err:  # decoding a lazily opened file, or an exotic mode
         raise ImageLoadError(
             f"{name} is in PIL mode {image.mode!r}, which could not be converted to RGB "
-            f"({err}). Convert it to RGB yourself first."
+            f"({type(err).__name__}: {err}). Convert it to RGB yourself first."
         ) from None

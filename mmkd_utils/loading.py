@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from .device import (
 from .errors import (
     CheckpointError,
     ImageLoadError,
+    PrecisionFallbackWarning,
     PromptError,
     SkippedImagesWarning,
     TextEncoderError,
@@ -107,6 +108,7 @@ class MMKDModel:
         self.source = source
         self._classifiers: dict[tuple, ZeroShotClassifier] = {}
         self._fingerprint: str | None = None
+        self._precision_warned = False
         #: Default image batch size: from free GPU memory on CUDA, 32 elsewhere.
         self.image_batch_size = auto_image_batch_size(device)
 
@@ -153,6 +155,31 @@ class MMKDModel:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _forward(
+        self, encode: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor
+    ) -> torch.Tensor:
+        """``encode(batch)`` as float32 under this model's precision, never NaN from fp16/bf16.
+
+        If a half-precision forward pass gives NaN or infinite values (an overflow), the
+        batch is computed again in fp32, with one :class:`PrecisionFallbackWarning` per
+        model.
+        """
+        with self._autocast():
+            feats = encode(batch).float()
+        if autocast_dtype(self.precision) is None or bool(torch.isfinite(feats).all()):
+            return feats
+        if not self._precision_warned:
+            self._precision_warned = True
+            warnings.warn(
+                PrecisionFallbackWarning(
+                    f"A {self.precision} forward pass gave NaN or infinite values (an "
+                    "overflow in half precision); such batches are computed again in fp32. "
+                    "To always use fp32, pass precision='fp32' to load_model."
+                ),
+                stacklevel=4,
+            )
+        return encode(batch).float()
 
     # -- images -----------------------------------------------------------------------
     def encode_images(
@@ -201,9 +228,9 @@ class MMKDModel:
             >>> clip.encode_pixels(clip.preprocess(img)[None]).shape  # doctest: +SKIP
             torch.Size([1, 512])
         """
-        with torch.inference_mode(), self._autocast():
-            feats = self.model.encode_image(to_device(pixels, self.device))
-            out = F.normalize(feats.float(), dim=-1).cpu()
+        with torch.inference_mode():
+            feats = self._forward(self.model.encode_image, to_device(pixels, self.device))
+            out = F.normalize(feats, dim=-1).cpu()
         return out.clone()  # an ordinary tensor, usable outside inference mode
 
     # -- texts ------------------------------------------------------------------------
@@ -254,9 +281,8 @@ class MMKDModel:
         with torch.inference_mode():
             for start in range(0, ids.shape[0], size):
                 chunk = to_device(_trim_padding(ids[start : start + size], pad), self.device)
-                with self._autocast():
-                    feats = self.model.encode_text(chunk)
-                out.append(F.normalize(feats.float(), dim=-1).cpu())
+                feats = self._forward(self.model.encode_text, chunk)
+                out.append(F.normalize(feats, dim=-1).cpu())
             result = torch.cat(out)
         return result.clone()  # an ordinary tensor, usable outside inference mode
 
@@ -339,7 +365,7 @@ class MMKDModel:
 
 
 def _as_image_list(images: Any) -> list[ImageInput]:
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
         return [images]
     try:
         items = list(images)
@@ -354,8 +380,8 @@ def _as_image_list(images: Any) -> list[ImageInput]:
 
 
 def _image_name(image: Any) -> str:
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
+    if isinstance(image, (str, bytes, os.PathLike)):
+        return os.fsdecode(image)
     return f"<{type(image).__name__}>"
 
 
@@ -500,8 +526,11 @@ def _make_preprocess(image_size: int) -> Any:
     )
 
 
-def _load_from_pth(checkpoint: Path, text_source: str) -> tuple[torch.nn.Module, dict, Any]:
-    state_dict = read_checkpoint(checkpoint)
+def _load_from_pth(
+    checkpoint: Path, text_source: str, state_dict: dict[str, torch.Tensor] | None = None
+) -> tuple[torch.nn.Module, dict, Any]:
+    if state_dict is None:
+        state_dict = read_checkpoint(checkpoint)
     model_cfg = model_config_from_state_dict(state_dict, text_source)
     hf_config = _load_text_config(text_source)
     check_text_config(text_shapes_from_state_dict(state_dict), hf_config, text_source)
@@ -595,7 +624,12 @@ def save_converted(
     return folder
 
 
-def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
+def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[Path, bool]:
+    """The checkpoint to load, and whether it is the default cached download.
+
+    Only the default cached file (no ``checkpoint``, no ``MMKD_CHECKPOINT``) is fetched
+    again when it turns out to be corrupt; a file the user named is never touched.
+    """
     if checkpoint is None:
         checkpoint = paths.env_path("MMKD_CHECKPOINT")
         if checkpoint is not None and not checkpoint.exists():
@@ -605,17 +639,51 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
     if checkpoint is None:
         default = paths.default_checkpoint_path()
         if default.is_file():
-            return default
+            return default, True
         from .download import download_checkpoint
 
-        return download_checkpoint(default)
+        return download_checkpoint(default), True
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise CheckpointError(
             f"Checkpoint {path} does not exist. Pass the path of MMKD_B16.pth (or of a "
             "converted folder), or leave checkpoint=None to download the released weights."
         )
-    return path
+    return path, False
+
+
+def _read_or_refetch(path: Path, refetch: bool) -> tuple[dict[str, torch.Tensor], Path]:
+    """Read the checkpoint; a corrupt default download is set aside and downloaded again.
+
+    With ``refetch`` (the default cached file only), a file that fails
+    :func:`~mmkd_utils.checkpoint.read_checkpoint` is renamed ``<name>.corrupt`` (kept,
+    never deleted) and fetched again with :func:`~mmkd_utils.download.download_checkpoint`.
+    """
+    from .download import download_checkpoint, file_identity, set_aside
+
+    seen = file_identity(path)
+    try:
+        return read_checkpoint(path), path
+    except CheckpointError as err:
+        if not refetch:
+            raise
+        problem = str(err)
+    try:
+        aside = set_aside(path, seen)
+    except OSError as exc:
+        raise CheckpointError(
+            f"The cached checkpoint {path} is corrupt ({problem}), and it could not be moved "
+            f"aside ({exc.strerror or exc}). Delete it, or set MMKD_HOME to a writable folder, "
+            "and run again to download it afresh."
+        ) from None
+    if aside is not None:
+        warnings.warn(
+            f"The cached checkpoint {path} is corrupt ({problem}). It was moved to {aside} "
+            "(delete that file once you no longer need it) and is downloaded again.",
+            stacklevel=4,
+        )
+    path = download_checkpoint(path)  # another process may have fetched it meanwhile
+    return read_checkpoint(path), path
 
 
 def load_model(
@@ -639,14 +707,21 @@ def load_model(
         >>> clip
         MMKDModel(source='.../MMKD_B16.pth', device='cpu', precision='fp32', embed_dim=512)
     """
+    from . import registry  # a model name ("unimed-clip-b16", ...): see list_models()
+
+    if registry.is_model_name(checkpoint):
+        kwargs = {"text_encoder": text_encoder, "device": device, "precision": precision}
+        return registry.load_registered(checkpoint, **kwargs)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    path = _resolve_checkpoint(checkpoint)
+    path, cached_default = _resolve_checkpoint(checkpoint)
     if path.is_dir():
         model, model_cfg, text_source = load_converted(path)
     else:
         text_source = _text_encoder_source(text_encoder)
-        model, model_cfg, text_source = _load_cached_or_convert(path, text_source)
+        model, model_cfg, text_source = _load_cached_or_convert(
+            path, text_source, refetch_corrupt=cached_default
+        )
     tokenizer = _load_tokenizer(text_source, int(model_cfg["text_cfg"]["context_length"]))
     preprocess = _make_preprocess(int(model_cfg["vision_cfg"]["image_size"]))
     return MMKDModel(model, preprocess, tokenizer, dev, prec, source=str(path))
@@ -665,11 +740,16 @@ def converted_folder(checkpoint: str | os.PathLike, text_encoder: str | None = N
 
 
 def _load_cached_or_convert(
-    path: Path, text_source: str
+    path: Path, text_source: str, *, refetch_corrupt: bool = False
 ) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    from filelock import FileLock, Timeout
+    """Load the converted copy of ``path``, or convert ``path`` and cache the copy.
 
+    A converted copy that cannot be used is moved aside and rebuilt; it is deleted only
+    once the new copy is in place, and put back if the conversion fails, so a failed
+    operation never loses a cached copy.
+    """
     folder = paths.cache_dir() / "converted" / _conversion_key(path, text_source)
+    aside = None
     if folder.is_dir():
         try:
             return load_converted(folder)
@@ -678,8 +758,37 @@ def _load_cached_or_convert(
                 f"The converted copy {folder} could not be used ({err}); converting {path} again.",
                 stacklevel=3,
             )
-            _discard(folder)
-    model, model_cfg, hf_config = _load_from_pth(path, text_source)
+            aside = _set_aside(folder)
+    try:
+        state_dict, path = _read_or_refetch(path, refetch_corrupt)
+        key = _conversion_key(path, text_source)
+        if key != folder.name:  # fetched again: a new file, so a new converted copy
+            _put_back(aside, folder)
+            aside, folder = None, folder.with_name(key)
+        model, model_cfg, hf_config = _load_from_pth(path, text_source, state_dict)
+        del state_dict
+        _save_conversion(model, model_cfg, hf_config, path, text_source, folder)
+    except BaseException:
+        _put_back(aside, folder)
+        raise
+    if folder.is_dir():
+        _remove(aside)
+    else:
+        _put_back(aside, folder)
+    return model, model_cfg, text_source
+
+
+def _save_conversion(
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    hf_config: Any,
+    path: Path,
+    text_source: str,
+    folder: Path,
+) -> None:
+    """Cache the converted copy in ``folder`` (once, under a lock); warn if impossible."""
+    from filelock import FileLock, Timeout
+
     st = path.stat()
     info = {
         "checkpoint": str(path.resolve()),
@@ -698,14 +807,37 @@ def _load_cached_or_convert(
         warnings.warn(
             f"Could not cache a converted copy in {folder.parent} ({err}); the model works, "
             "but the next load will read the .pth again. Set MMKD_HOME to a writable folder.",
-            stacklevel=3,
+            stacklevel=4,
         )
-    return model, model_cfg, text_source
 
 
-def _discard(folder: Path) -> None:
-    """Move a broken converted copy aside and delete it (it can always be regenerated)."""
-    trash = folder.parent / f".{folder.name}.broken-{os.getpid()}"
+def _set_aside(folder: Path) -> Path | None:
+    """Rename a converted copy that could not be used to a hidden name next to it.
+
+    Returns the new name, or None if it could not be moved (then it stays where it is
+    and the new copy is not cached).
+    """
+    aside = folder.parent / f".{folder.name}.broken-{os.getpid()}"
+    shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return None
+    return aside
+
+
+def _put_back(aside: Path | None, folder: Path) -> None:
+    """Return a set-aside copy to its place, unless a new copy is already there."""
+    if aside is None:
+        return
+    if folder.exists():
+        _remove(aside)
+        return
     with contextlib.suppress(OSError):
-        os.replace(folder, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(aside, folder)
+
+
+def _remove(aside: Path | None) -> None:
+    """Delete a set-aside copy once a new one is in place."""
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)

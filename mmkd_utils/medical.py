@@ -102,13 +102,28 @@ def load_image(
     """
     path = check_file(path)
     kind = _file_kind(path)
-    if kind == "nifti":
-        return _load_nifti(path, window, frame, slice_index, axis)
-    _reject(path, kind, slice_index=slice_index, axis=None if axis == 2 else axis)
-    if kind == "dicom":
-        return _load_dicom(path, window, frame)
-    _reject(path, kind, window=window, frame=frame)
-    return pil_to_rgb(open_image(path), name=str(path))
+    try:
+        if kind == "nifti":
+            return _load_nifti(path, window, frame, slice_index, axis)
+        _reject(path, kind, slice_index=slice_index, axis=None if axis == 2 else axis)
+        if kind == "dicom":
+            return _load_dicom(path, window, frame)
+        _reject(path, kind, window=window, frame=frame)
+        return pil_to_rgb(open_image(path), name=str(path))
+    except ImageLoadError:
+        raise
+    except MemoryError:
+        raise ImageLoadError(
+            f"Image {path} is too large to decode in the memory available: downscale it "
+            "first, or free memory and try again."
+        ) from None
+    except Exception as err:  # a malformed file that got past the readers' own checks
+        what = {"dicom": "DICOM", "nifti": "NIfTI"}.get(kind, "Image")
+        raise ImageLoadError(
+            f"{what} {path} could not be converted to an image ({type(err).__name__}: "
+            f"{err}); the file is probably corrupt or uses a variant this reader does not "
+            "support. Export it again, or convert it to PNG."
+        ) from None
 
 
 def window_bounds(window: Window, name: str = "image") -> tuple[float, float]:
@@ -145,8 +160,14 @@ def _file_kind(path: Path) -> str:
         return "nifti"
     if name.endswith((".dcm", ".dicom")):
         return "dicom"
-    with open(path, "rb") as file:
-        head = file.read(132)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(132)
+    except OSError as err:
+        raise ImageLoadError(
+            f"Image {path} could not be read ({err.strerror or err}): check that the file "
+            "is readable (permissions, a disconnected drive) and try again."
+        ) from None
     return "dicom" if head[128:132] == b"DICM" else "pil"
 
 
@@ -181,7 +202,14 @@ def _load_dicom(path: Path, window: Window | None, frame: int | None) -> Image.I
         rows, cols = int(ds.Rows), int(ds.Columns)
         n_frames = int(ds.get("NumberOfFrames") or 1)
     except (AttributeError, TypeError, ValueError) as err:
-        raise ImageLoadError(f"DICOM {path} has no valid image size ({err}).") from None
+        raise ImageLoadError(
+            f"DICOM {path} has no valid image size ({err}): check the file, or export it again."
+        ) from None
+    if rows < 1 or cols < 1 or n_frames < 1:
+        raise ImageLoadError(
+            f"DICOM {path} has {rows} rows, {cols} columns and {n_frames} frame(s), so it "
+            "holds no pixels: check the file, or export it again."
+        )
     _too_large(path, rows, cols)
     if frame is None:
         frame = n_frames // 2
@@ -190,7 +218,7 @@ def _load_dicom(path: Path, window: Window | None, frame: int | None) -> Image.I
             f"frame={frame} is out of range for {path}, which has {n_frames} frame(s): "
             f"use 0..{n_frames - 1}."
         )
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    photometric = _photometric(ds, path)
     colour = not photometric.startswith("MONOCHROME")
     if colour and window is not None:
         raise ImageLoadError(
@@ -206,6 +234,47 @@ def _load_dicom(path: Path, window: Window | None, frame: int | None) -> Image.I
     if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
         grey = 255 - grey
     return array_to_image(grey, name=str(path))
+
+
+#: The values of PhotometricInterpretation (0028,0004) the standard defines (some retired).
+PHOTOMETRIC_INTERPRETATIONS = (
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "PALETTE COLOR",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_422",
+    "YBR_PARTIAL_420",
+    "YBR_ICT",
+    "YBR_RCT",
+    "HSV",
+    "ARGB",
+    "CMYK",
+    "XYB",
+)
+
+
+def _photometric(ds: Any, path: Path) -> str:
+    """The dataset's PhotometricInterpretation, tidied ("monochrome2 " → "MONOCHROME2").
+
+    A missing or empty value means MONOCHROME2 (one sample per pixel) or RGB; a value
+    the standard does not define is an error that names it.
+    """
+    raw = str(ds.get("PhotometricInterpretation") or "").strip()
+    value = raw.upper()
+    if not value:
+        value = "RGB" if int(ds.get("SamplesPerPixel") or 1) == 3 else "MONOCHROME2"
+    if value not in PHOTOMETRIC_INTERPRETATIONS:
+        raise ImageLoadError(
+            f"DICOM {path} has PhotometricInterpretation {raw!r}, which the DICOM standard "
+            f"does not define (expected one of {', '.join(PHOTOMETRIC_INTERPRETATIONS)}). "
+            "Check how the file was exported, or set the right value with pydicom "
+            "(ds.PhotometricInterpretation = 'MONOCHROME2'; ds.save_as(...)) and load it again."
+        )
+    if raw != value:  # pydicom's decoders want the exact spelling
+        ds.PhotometricInterpretation = value
+    return value
 
 
 def _read_dicom(path: Path) -> Any:
@@ -396,6 +465,11 @@ def _load_nifti(
         ) from None
     while len(shape) > 3 and shape[-1] == 1:  # (x, y, z, 1) is a 3-D volume
         shape = shape[:-1]
+    if 0 in shape:
+        raise ImageLoadError(
+            f"NIfTI {path} has shape {tuple(img.shape)}, so it holds no voxels: check the "
+            "file, or export it again."
+        )
     if len(shape) == 2:
         _reject(
             path, "nifti", frame=frame, slice_index=slice_index, axis=None if axis == 2 else axis
@@ -429,7 +503,9 @@ def _load_nifti(
         plane = tuple(n for i, n in enumerate(shape[:3]) if i != axis)
     else:
         raise ImageLoadError(
-            f"NIfTI {path} has shape {img.shape}; only 2-D, 3-D and 4-D images are supported."
+            f"NIfTI {path} has shape {img.shape}; only 2-D, 3-D and 4-D images are supported. "
+            "Pass one slice as a numpy array instead (read it with nibabel: "
+            "nib.load(path).dataobj[...])."
         )
     _too_large(path, *plane)
     index = index + (0,) * (len(img.shape) - len(index))  # trailing dimensions of size 1
@@ -441,7 +517,7 @@ def _load_nifti(
             "truncated or corrupt. Export or download it again."
         ) from None
     data = np.rot90(data)  # (x, y) array → rows run top-down, so the slice is upright
-    return array_to_image(linear_to_uint8(data, *(bounds or _robust_bounds(data))))
+    return array_to_image(linear_to_uint8(data, *(bounds or _robust_bounds(data))), name=str(path))
 
 
 def _canonical(img: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mmkd_utils.errors import ImageLoadError, MMKDError, PromptError
+from mmkd_utils.errors import ImageLoadError, MissingDependencyError, PromptError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -536,15 +536,6 @@ THUMBNAIL_SIZE = 32
 _MIN_POINTS = {"pca": 2, "tsne": 4, "umap": 4}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _UMAP_INSTALL = 'pip install "mmkd-utils[umap]" (or pip install umap-learn)'
-
-
-class MissingDependencyError(MMKDError, ImportError):
-    """An optional package (such as ``umap-learn``) is needed but not installed.
-
-    Example:
-        >>> issubclass(MissingDependencyError, ImportError)
-        True
-    """
 
 
 def _as_matrix(values: Any, name: str) -> np.ndarray:
@@ -1283,3 +1274,24 @@ def plot_probe_curve(*args: Any, **kwargs: Any) -> Figure:
 
 
 __all__ += ["plot_probe_curve"]
+
+
+# --------------------------------------------------------------------------- model comparison
+
+
+def plot_model_comparison(*args: Any, **kwargs: Any) -> Figure:
+    """Grouped bars of several models' probabilities (see ``mmkd_utils.compare``).
+
+    A lazy re-export of :func:`mmkd_utils.compare.plot_model_comparison` (imported on the
+    first call). Introduced in ``notebooks/07_compare_models.ipynb``.
+
+    Example:
+        >>> table = compare_models(models, images, prompts)  # doctest: +SKIP
+        >>> fig = plot_model_comparison(table, image="xray.png")  # doctest: +SKIP
+    """
+    from .compare import plot_model_comparison as _plot_model_comparison
+
+    return _plot_model_comparison(*args, **kwargs)
+
+
+__all__ += ["plot_model_comparison"]

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import MMKDError
+from .errors import ProbeError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,10 +83,6 @@ __all__ = [
     "plot_probe_curve",
     "sample_shots",
 ]
-
-
-class ProbeError(MMKDError, ValueError):
-    """Embeddings, labels or settings a linear probe cannot use."""
 
 
 @dataclass(eq=False, repr=False)

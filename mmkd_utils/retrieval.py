@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import MMKDError
+from .errors import RetrievalError
 from .evaluation import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -46,10 +46,6 @@ if TYPE_CHECKING:
 SEARCH_COLUMNS = ("query", "rank", "path", "score")
 
 __all__ = ["SEARCH_COLUMNS", "RetrievalError", "search", "similarity_matrix"]
-
-
-class RetrievalError(MMKDError, ValueError):
-    """Queries or an index that cannot be searched (wrong shape, type, or missing model)."""
 
 
 # --------------------------------------------------------------------------- embeddings

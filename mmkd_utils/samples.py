@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmkd_utils.errors import MMKDError
+from mmkd_utils.errors import SamplesNotFoundError, SampleSourceError, UnknownModalityError
 from mmkd_utils.images import open_image, to_rgb
 
 #: Longest side of a sample PNG; larger sources are downscaled (Lanczos, aspect kept).
@@ -53,18 +53,6 @@ CREDITS_NAME = "CREDITS.md"
 REBUILD_COMMAND = "python -m mmkd_utils.samples --rebuild"
 #: The pip command that installs the source packages (the ``samples`` extra).
 INSTALL_COMMAND = 'pip install -e ".[samples]"'
-
-
-class SamplesNotFoundError(MMKDError, FileNotFoundError):
-    """The committed ``imgs/`` folder (or one of its files) is not there."""
-
-
-class SampleSourceError(MMKDError, RuntimeError):
-    """A source package is not installed, or its file is not the one the samples came from."""
-
-
-class UnknownModalityError(MMKDError, ValueError):
-    """``sample_images`` was asked for a modality that no sample has."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ values are overridden) so that the run is hermetic:
 * ``MMKD_CHECKPOINT`` / ``MMKD_TEXT_ENCODER``: the tiny checkpoint and tokenizer in
   ``tests/fixtures/tiny_upstream`` (random weights: the notebooks run but do not
   reproduce the published demo, and say so).
+* ``MMKD_UNIMED_CHECKPOINT`` / ``MMKD_BIOMEDCLIP`` (notebook 07): stand-ins for
+  UniMed-CLIP and BiomedCLIP, written at import time into temporary folders: the tiny
+  checkpoint with perturbed weights and NumPy scalars beside them (as in the published
+  UniMed-CLIP file), and a tiny open_clip model (timm ``test_vit`` + the tiny BERT) in
+  BiomedCLIP's folder layout. Random weights, like the tiny checkpoint.
 * ``MMKD_HOME``: a fresh temporary cache folder, removed when pytest exits.
 * ``MMKD_DEMO_IMAGES``: the published images in ``<repo>/../shared/reference/demo_images``
   when that folder exists (as in CI); otherwise nine small generated stand-ins under the
@@ -89,12 +94,73 @@ def _make_stand_in_images(folder: Path) -> None:
         img.save(folder / name)
 
 
+def _make_unimed_stand_in(folder: Path) -> Path:
+    """The tiny checkpoint, weights perturbed, with NumPy scalars as UniMed-CLIP's file."""
+    import numpy as np
+    import torch
+
+    ckpt = torch.load(TINY / "checkpoint.pt", map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(7)
+    for key, value in ckpt["state_dict"].items():
+        if value.is_floating_point() and "logit_scale" not in key:
+            ckpt["state_dict"][key] = value + 0.05 * torch.randn(value.shape, generator=gen)
+    ckpt["best_zero_shot"] = np.float64(0.5)
+    path = folder / "unimed-clip-vit-b16.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def _make_biomedclip_stand_in(folder: Path) -> Path:
+    """A tiny open_clip model in BiomedCLIP's layout: config, weights, tokenizer files."""
+    import json
+
+    import open_clip
+    import torch
+
+    text = TINY / "tiny-biomedbert"
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "timm_model_name": "test_vit",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 160,
+        },
+        "text_cfg": {
+            "hf_model_name": str(text),
+            "hf_tokenizer_name": str(text),
+            "hf_model_pretrained": False,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": 256,
+        },
+    }
+    torch.manual_seed(3)
+    torch.save(
+        open_clip.CustomTextCLIP(**model_cfg).state_dict(), folder / "open_clip_pytorch_model.bin"
+    )
+    config = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(text / name, folder / name)
+    return folder
+
+
 def _set_test_environment() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ["MMKD_CHECKPOINT"] = str(TINY / "checkpoint.pt")
     os.environ["MMKD_TEXT_ENCODER"] = str(TINY / "tiny-biomedbert")
     os.environ["MMKD_HOME"] = str(_temp_dir("mmkd_nb_home_"))
+    os.environ["MMKD_UNIMED_CHECKPOINT"] = str(_make_unimed_stand_in(_temp_dir("mmkd_nb_unimed_")))
+    os.environ["MMKD_BIOMEDCLIP"] = str(_make_biomedclip_stand_in(_temp_dir("mmkd_nb_bmc_")))
     os.environ["MPLBACKEND"] = "Agg"
     if SHARED_DEMO_IMAGES.is_dir():
         os.environ["MMKD_DEMO_IMAGES"] = str(SHARED_DEMO_IMAGES)

@@ -16,7 +16,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
     """Every test gets its own empty cache and no MMKD_* variables from the caller."""
-    for name in ("MMKD_CHECKPOINT", "MMKD_TEXT_ENCODER", "MMKD_DEMO_IMAGES"):
+    for name in (
+        "MMKD_CHECKPOINT",
+        "MMKD_TEXT_ENCODER",
+        "MMKD_DEMO_IMAGES",
+        "MMKD_UNIMED_CHECKPOINT",
+        "MMKD_BIOMEDCLIP",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("mmkd_home")))
 

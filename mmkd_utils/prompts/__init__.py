@@ -55,7 +55,10 @@ def check_prompts(prompts: str | Iterable[str], name: str = "prompts") -> list[s
         raise PromptError(f"{name} is empty: pass at least one prompt, e.g. ['A chest X-ray.'].")
     for i, text in enumerate(items):
         if not isinstance(text, str):
-            raise PromptError(f"{name}[{i}] is a {type(text).__name__} ({text!r}), not a string.")
+            raise PromptError(
+                f"{name}[{i}] is a {type(text).__name__} ({text!r}), not a string: pass the "
+                "prompts as text."
+            )
         if not text.strip():
             raise PromptError(
                 f"{name}[{i}] is empty or only whitespace; remove it or write a prompt."

@@ -55,7 +55,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import PromptError
+from ..errors import BankError, PromptError
 
 #: Name of the modality-identification task.
 MODALITY_TASK = "modality"
@@ -77,29 +77,6 @@ _TOP_REQUIRED = ("modality", "modality_id", "description", "tasks")
 _TASK_KEYS = ("description", "source", "notes", "classes", "templates")
 _TASK_REQUIRED = ("classes", "templates")
 _IDENTIFICATION_KEYS = ("names",)
-
-
-class BankError(PromptError):
-    """A prompt bank file is unreadable or invalid; ``path``, ``field`` and ``line`` say where.
-
-    Example:
-        >>> err = BankError("x.yaml: tasks: missing", path="x.yaml", field="tasks")
-        >>> err.field
-        'tasks'
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | None = None,
-        field: str | None = None,
-        line: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.path = path
-        self.field = field
-        self.line = line
 
 
 @dataclass(frozen=True)

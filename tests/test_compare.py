@@ -1,0 +1,213 @@
+"""compare_models, summarize_comparison and plot_model_comparison (offline, tiny models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from support import TINY, TINY_TEXT
+from test_registry import unimed_bytes, write_biomedclip_stand_in
+
+from mmkd_utils import compare_models, load_model, registry
+from mmkd_utils.compare import model_columns, plot_model_comparison, summarize_comparison
+from mmkd_utils.errors import PromptError
+
+IMAGES = sorted((TINY / "images").iterdir())[:4]
+PROMPTS = ["A chest X-ray.", "An MRI scan of the brain.", "A fundus photograph."]
+
+
+@pytest.fixture(autouse=True)
+def _no_registry_env(monkeypatch):
+    for name in ("MMKD_UNIMED_CHECKPOINT", "MMKD_BIOMEDCLIP"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def three_models(tiny_model, tmp_path_factory):
+    """The three registered models on their stand-ins, loaded once."""
+    unimed = tmp_path_factory.mktemp("unimed_cmp") / registry.UNIMED_FILE
+    unimed.write_bytes(unimed_bytes())
+    biomedclip = write_biomedclip_stand_in(tmp_path_factory.mktemp("biomedclip_cmp"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("cmp_home")))
+    try:
+        tiny_model.model_name = "mmkd-clip-b16"
+        return {
+            "mmkd-clip-b16": tiny_model,
+            "unimed-clip-b16": registry.load_registered(
+                "unimed-clip-b16", source=unimed, text_encoder=TINY_TEXT, device="cpu"
+            ),
+            "biomedclip": registry.load_registered(
+                "biomedclip", source=str(biomedclip), text_encoder=TINY_TEXT, device="cpu"
+            ),
+        }
+    finally:
+        mp.undo()
+
+
+class FixedModel:
+    """A stand-in with given probabilities, to test top-1 and agreement exactly."""
+
+    def __init__(self, probs):
+        self.probs = torch.tensor(probs, dtype=torch.float32)
+
+    def zero_shot(self, images, prompts):
+        assert len(images) == self.probs.shape[0] and len(prompts) == self.probs.shape[1]
+        return self.probs
+
+
+# --------------------------------------------------------------------------- table
+
+
+def test_table_holds_each_models_own_zero_shot(three_models):
+    table = compare_models(three_models, IMAGES, PROMPTS)
+    names = list(three_models)
+    assert list(table.columns) == [
+        "image",
+        "prompt",
+        *[f"p_{n}" for n in names],
+        *[f"top1_{n}" for n in names],
+        "agreement",
+    ]
+    assert len(table) == len(IMAGES) * len(PROMPTS)
+    assert list(table["image"][:: len(PROMPTS)]) == [p.name for p in IMAGES]
+    assert list(table["prompt"][: len(PROMPTS)]) == PROMPTS
+    for name, model in three_models.items():
+        own = model.zero_shot(IMAGES, PROMPTS).numpy()
+        np.testing.assert_allclose(table[f"p_{name}"].to_numpy().reshape(own.shape), own, atol=1e-6)
+        firsts = [PROMPTS[j] for j in own.argmax(axis=1)]
+        assert list(table[f"top1_{name}"][:: len(PROMPTS)]) == firsts
+    per_image = table.groupby("image", sort=False)
+    for image, group in per_image:
+        tops = {group[f"top1_{n}"].iloc[0] for n in names}
+        assert (group["agreement"] == (len(tops) == 1)).all(), image
+        for n in names:
+            assert group[f"top1_{n}"].nunique() == 1
+            assert group[f"p_{n}"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert model_columns(table) == names
+
+
+def test_list_of_models_is_named_by_model_name(three_models):
+    table = compare_models(list(three_models.values()), IMAGES[:1], PROMPTS)
+    assert model_columns(table) == list(three_models)
+
+
+def test_task_gives_each_model_its_own_classifier(three_models):
+    task = "chest_xray/rsna_pneumonia"
+    table = compare_models(three_models, IMAGES[:2], task, image_names=["a", "b"])
+    for name, model in three_models.items():
+        classifier = model.classifier(task)
+        assert list(table["prompt"][: len(classifier)]) == list(classifier.class_names)
+        own = model.zero_shot(IMAGES[:2], classifier).numpy()
+        np.testing.assert_allclose(table[f"p_{name}"].to_numpy().reshape(own.shape), own, atol=1e-6)
+    assert list(dict.fromkeys(table["image"])) == ["a", "b"]
+    classes = {"normal": ["normal lungs"], "pneumonia": ["lung infection"]}
+    mapped = compare_models(three_models, IMAGES[:1], classes, templates=["A chest X-ray: {}."])
+    assert list(mapped["prompt"]) == ["normal", "pneumonia"]
+
+
+def test_top1_and_agreement_are_exact():
+    models = {
+        "a": FixedModel([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]),
+        "b": FixedModel([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6], [0.1, 0.1, 0.8]]),
+    }
+    images = [np.zeros((8, 8), np.uint8)] * 3
+    table = compare_models(models, images, ["x", "y", "z"])
+    assert list(table["image"].unique()) == ["image 0", "image 1", "image 2"]
+    summary = summarize_comparison(table)
+    assert list(summary.index) == ["image 0", "image 1", "image 2"]
+    assert list(summary["top1_a"]) == ["x", "y", "z"]
+    assert list(summary["top1_b"]) == ["x", "z", "z"]
+    assert list(summary["agreement"]) == [True, False, True]
+    assert list(table["agreement"]) == [True] * 3 + [False] * 3 + [True] * 3
+    assert summary.loc["image 1", "p_top1_b"] == pytest.approx(0.6)
+    single = compare_models({"a": models["a"]}, images, ["x", "y", "z"])
+    assert single["agreement"].all()
+
+
+def test_bad_inputs_are_explained(three_models):
+    clip = three_models["mmkd-clip-b16"]
+    with pytest.raises(ValueError, match="empty"):
+        compare_models({}, IMAGES, PROMPTS)
+    with pytest.raises(ValueError, match="different name"):
+        compare_models([clip, clip], IMAGES, PROMPTS)
+    with pytest.raises(TypeError, match="zero_shot"):
+        compare_models({"x": "not a model"}, IMAGES, PROMPTS)
+    with pytest.raises(PromptError, match="belongs to the model"):
+        compare_models({"m": clip}, IMAGES, clip.classifier(["a", "b"]))
+    with pytest.raises(ValueError, match="image_names"):
+        compare_models({"m": clip}, IMAGES, PROMPTS, image_names=["only one"])
+    with pytest.raises(ValueError, match="image_names"):
+        compare_models({"m": clip}, [IMAGES[0], IMAGES[0]], PROMPTS)
+    with pytest.raises(PromptError):
+        compare_models({"m": clip}, IMAGES, [])
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def test_plot_has_one_bar_per_model_prompt_and_image(three_models):
+    table = compare_models(three_models, IMAGES, PROMPTS)
+    fig = plot_model_comparison(table)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == len(IMAGES)
+    bars = sum(len(ax.patches) for ax in fig.axes)
+    assert bars == len(IMAGES) * len(PROMPTS) * len(three_models)
+    for ax in fig.axes:  # the first prompt at the top
+        texts = [t.get_text() for t in ax.get_yticklabels()]
+        labels = sorted(zip(ax.get_yticks(), texts, strict=True))
+        assert [text for _, text in labels] == PROMPTS[::-1]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(three_models)
+    fig.canvas.draw()  # it renders
+
+    one = plot_model_comparison(table, image=IMAGES[1].name)
+    assert len(one.axes) == 1 and len(one.axes[0].patches) == len(PROMPTS) * 3
+    assert IMAGES[1].name in one.axes[0].get_title()
+    last = plot_model_comparison(table, image=-1)
+    assert IMAGES[-1].name in last.axes[0].get_title()
+
+
+def test_plot_title_says_whether_models_agree():
+    models = {"a": FixedModel([[0.9, 0.1], [0.9, 0.1]]), "b": FixedModel([[0.8, 0.2], [0.3, 0.7]])}
+    table = compare_models(models, [np.zeros((4, 4), np.uint8)] * 2, ["x", "y"])
+    fig = plot_model_comparison(table)
+    assert "the same" in fig.axes[0].get_title() and "differs" in fig.axes[1].get_title()
+    values = sorted(round(p.get_width(), 3) for p in fig.axes[1].patches)
+    assert values == [0.1, 0.3, 0.7, 0.9]
+
+
+def test_plot_rejects_unknown_images_and_tables():
+    models = {"a": FixedModel([[0.9, 0.1]])}
+    table = compare_models(models, [np.zeros((4, 4), np.uint8)], ["x", "y"])
+    with pytest.raises(ValueError, match="not in the table"):
+        plot_model_comparison(table, image="missing.png")
+    with pytest.raises(ValueError, match="out of range"):
+        plot_model_comparison(table, image=3)
+    with pytest.raises(ValueError, match="compare_models"):
+        plot_model_comparison(table[["image", "prompt"]])
+
+
+def test_plotting_module_reexports_it():
+    from mmkd_utils import plotting
+
+    models = {"a": FixedModel([[0.9, 0.1]]), "b": FixedModel([[0.4, 0.6]])}
+    table = compare_models(models, [np.zeros((4, 4), np.uint8)], ["x", "y"])
+    fig = plotting.plot_model_comparison(table)
+    assert len(fig.axes[0].patches) == 4
+    assert "plot_model_comparison" in plotting.__all__
+
+
+def test_registered_names_load_for_comparison(monkeypatch, tmp_path):
+    """load_model(name) for each name, then compare: the notebook's path."""
+    unimed = tmp_path / registry.UNIMED_FILE
+    unimed.write_bytes(unimed_bytes())
+    monkeypatch.setenv("MMKD_UNIMED_CHECKPOINT", str(unimed))
+    monkeypatch.setitem(registry.SOURCES, "mmkd-clip-b16", str(TINY / "checkpoint.pt"))
+    models = {
+        name: load_model(name, text_encoder=TINY_TEXT, device="cpu")
+        for name in ("mmkd-clip-b16", "unimed-clip-b16")
+    }
+    table = compare_models(models, IMAGES[:2], PROMPTS)
+    assert table.shape == (2 * len(PROMPTS), 2 + 2 * 2 + 1)

@@ -1,0 +1,382 @@
+"""The model registry: three models through one API, on tiny offline stand-ins.
+
+* ``mmkd-clip-b16`` and ``unimed-clip-b16``: the tiny upstream checkpoint (UniMed-CLIP
+  has the same layout); the UniMed stand-in has perturbed weights and, like the published
+  file, NumPy scalars pickled next to its state dict.
+* ``biomedclip``: a tiny open_clip ``CustomTextCLIP`` (timm ``test_vit`` image tower, the
+  tiny BERT text tower) saved in open_clip's folder layout with the real model's config
+  fields, loaded through ``local-dir:``; the published model differs only in ``hf-hub:``.
+* The UniMed-CLIP download runs against the local server of ``tests/support.py``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support import TINY, TINY_CHECKPOINT, TINY_TEXT, Route
+
+from mmkd_utils import MMKDModel, list_models, load_model, paths, registry
+from mmkd_utils.checkpoint import read_checkpoint
+from mmkd_utils.errors import CheckpointError, DownloadError, MMKDError
+
+IMAGES = sorted((TINY / "images").iterdir())[:3]
+PROMPTS = ["A chest X-ray.", "An MRI scan of the brain.", "A fundus photograph."]
+UNIMED_PATH = f"/{registry.UNIMED_REPO}/resolve/main/{registry.UNIMED_FILE}"
+REAL_BIOMEDCLIP_TEXT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+
+
+@pytest.fixture(autouse=True)
+def _no_registry_env(monkeypatch):
+    """notebooks/conftest.py sets these for the notebooks; unit tests start without them."""
+    for name in ("MMKD_UNIMED_CHECKPOINT", "MMKD_BIOMEDCLIP", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# --------------------------------------------------------------------------- stand-ins
+
+
+@functools.cache  # legacy torch.save output varies from call to call
+def unimed_bytes(*, numpy_1_names: bool = True, seed: int = 7) -> bytes:
+    """The tiny checkpoint with perturbed weights and NumPy scalars, as UniMed-CLIP's.
+
+    The published file was pickled with NumPy 1.x (``numpy.core.multiarray.scalar``);
+    with ``numpy_1_names`` the stand-in names the scalar constructor the same way.
+    """
+    ckpt = torch.load(TINY_CHECKPOINT, map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(seed)
+    ckpt["state_dict"] = {
+        k: (v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v)
+        if "logit_scale" not in k
+        else v
+        for k, v in ckpt["state_dict"].items()
+    }
+    ckpt["best_zero_shot"] = np.float64(0.5)
+    ckpt["step"] = np.int64(1200)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer, _use_new_zipfile_serialization=not numpy_1_names)
+    data = buffer.getvalue()
+    if numpy_1_names:  # legacy format: the pickle's GLOBAL opcodes are plain text
+        data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    return data
+
+
+def write_biomedclip_stand_in(folder: Path, *, text_name: str = REAL_BIOMEDCLIP_TEXT) -> Path:
+    """A tiny BiomedCLIP-shaped open_clip model in the layout of its hub repository."""
+    import open_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "timm_model_name": "test_vit",  # timm's tiny ViT (real: vit_base_patch16_224)
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 160,
+        },
+        "text_cfg": {
+            "hf_model_name": str(TINY_TEXT),
+            "hf_tokenizer_name": text_name,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": 256,
+        },
+    }
+    torch.manual_seed(3)
+    text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}  # no BERT weights
+    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    model_cfg["text_cfg"]["hf_model_name"] = text_name  # as the published config
+    config = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_TEXT / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def biomedclip_dir(tmp_path_factory):
+    return write_biomedclip_stand_in(tmp_path_factory.mktemp("biomedclip"))
+
+
+@pytest.fixture(scope="session")
+def unimed_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("unimed") / registry.UNIMED_FILE
+    path.write_bytes(unimed_bytes())
+    return path
+
+
+@pytest.fixture
+def stand_ins(monkeypatch, biomedclip_dir, unimed_file):
+    """Every registered model points to its stand-in, as in the notebook tests."""
+    monkeypatch.setenv("MMKD_CHECKPOINT", str(TINY_CHECKPOINT))
+    monkeypatch.setenv("MMKD_UNIMED_CHECKPOINT", str(unimed_file))
+    monkeypatch.setenv("MMKD_BIOMEDCLIP", str(biomedclip_dir))
+    monkeypatch.setenv("MMKD_TEXT_ENCODER", str(TINY_TEXT))
+
+
+def check_probs(probs: torch.Tensor, n: int, m: int) -> None:
+    assert probs.shape == (n, m)
+    assert torch.isfinite(probs).all()
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(n), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_list_models_describes_every_entry():
+    table = list_models()
+    assert list(table["name"]) == ["mmkd-clip-b16", "unimed-clip-b16", "biomedclip"]
+    for column in ("source", "licence", "preprocessing", "context_length", "env", "url"):
+        assert column in table.columns
+    for _, row in table.iterrows():
+        for column in ("title", "source", "licence", "preprocessing", "citation", "url"):
+            assert isinstance(row[column], str) and row[column].strip(), (row["name"], column)
+        assert row["context_length"] == 256
+        assert row["env"].startswith("MMKD_")
+    assert list(table.loc[table["default"], "name"]) == [registry.DEFAULT_MODEL]
+    assert "UzairK/unimed-clip-vit-b16" in table.set_index("name").loc["unimed-clip-b16", "source"]
+    assert registry.BIOMEDCLIP_ID in table.set_index("name").loc["biomedclip", "source"]
+    assert set(registry.SOURCES) == set(registry.MODELS)
+
+
+@pytest.mark.parametrize("name", ["unimed", "BiomedCLIP", "clip-b16"])
+def test_unknown_names_list_the_registered_ones(name):
+    with pytest.raises(CheckpointError) as info:
+        load_model(name, device="cpu")
+    for known in registry.model_names():
+        assert known in str(info.value)
+    with pytest.raises(CheckpointError, match="biomedclip"):
+        registry.get_spec(name)
+
+
+def test_paths_are_not_names(tmp_path, monkeypatch):
+    assert not registry.is_model_name("weights/MMKD_B16.pth")
+    assert not registry.is_model_name(Path("biomedclip"))
+    assert not registry.is_model_name(None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_weights").write_bytes(b"x")
+    assert not registry.is_model_name("my_weights")  # an existing file is a file
+    assert registry.is_model_name("biomedclip")  # registered names always are names
+
+
+# --------------------------------------------------------------------------- all three
+
+
+def test_three_models_one_api(stand_ins):
+    loaded = {name: load_model(name, device="cpu") for name in list_models()["name"]}
+    assert isinstance(loaded["biomedclip"], MMKDModel)
+    for name, clip in loaded.items():
+        assert isinstance(clip, MMKDModel), name
+        assert clip.model_name == name
+        images = clip.encode_images(IMAGES)
+        texts = clip.encode_texts(PROMPTS)
+        assert images.shape == (len(IMAGES), clip.embed_dim)
+        assert texts.shape == (len(PROMPTS), clip.embed_dim)
+        torch.testing.assert_close(images.norm(dim=1), torch.ones(len(IMAGES)))
+        check_probs(clip.zero_shot(IMAGES, PROMPTS), len(IMAGES), len(PROMPTS))
+        classifier = clip.classifier(["pneumonia", "normal"], ["A chest X-ray showing {}."])
+        check_probs(clip.zero_shot(IMAGES, classifier), len(IMAGES), 2)
+        assert clip.tokenizer.context_length == 256
+    # Three different models: the stand-ins do not give the same numbers.
+    mmkd, unimed = (
+        loaded[n].zero_shot(IMAGES, PROMPTS) for n in ("mmkd-clip-b16", "unimed-clip-b16")
+    )
+    assert not torch.allclose(mmkd, unimed)
+    assert loaded["biomedclip"].embed_dim == 32 != loaded["mmkd-clip-b16"].embed_dim
+
+
+def test_mmkd_entry_is_the_existing_loader(monkeypatch):
+    monkeypatch.setitem(registry.SOURCES, "mmkd-clip-b16", str(TINY_CHECKPOINT))
+    by_name = load_model("mmkd-clip-b16", text_encoder=TINY_TEXT, device="cpu")
+    by_path = load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
+    assert type(by_name) is MMKDModel
+    assert by_name.fingerprint == by_path.fingerprint
+    torch.testing.assert_close(
+        by_name.zero_shot(IMAGES, PROMPTS), by_path.zero_shot(IMAGES, PROMPTS), atol=0, rtol=0
+    )
+    assert registry.resolve_source("mmkd-clip-b16", "x.pth") == "x.pth"  # source= wins
+
+
+def test_mmkd_entry_leaves_mmkd_checkpoint_to_the_loader(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMKD_CHECKPOINT", str(tmp_path / "missing.pth"))
+    with pytest.raises(CheckpointError, match="MMKD_CHECKPOINT points to"):
+        load_model("mmkd-clip-b16", text_encoder=TINY_TEXT, device="cpu")
+
+
+# --------------------------------------------------------------------------- UniMed-CLIP
+
+
+def test_unimed_numpy_scalars_are_allowed_for_unimed_only(unimed_file, tmp_path):
+    with pytest.raises(CheckpointError, match="Refused"):
+        read_checkpoint(unimed_file)  # the general loader refuses any non-tensor object
+    with registry.allow_numpy_scalars():
+        assert "visual.conv1.weight" in read_checkpoint(unimed_file)
+    zipped = tmp_path / "numpy2.pt"
+    zipped.write_bytes(unimed_bytes(numpy_1_names=False))
+    with registry.allow_numpy_scalars():
+        read_checkpoint(zipped)
+    # Only NumPy numbers: any other object is still refused, nothing runs.
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "when": datetime.date(2024, 1, 1)}, other)
+    with registry.allow_numpy_scalars(), pytest.raises(CheckpointError, match="Refused"):
+        read_checkpoint(other)
+    with pytest.raises(CheckpointError, match="Refused"):
+        read_checkpoint(unimed_file)  # the allowance ends with the block
+
+
+def test_unimed_from_environment_variable(monkeypatch, unimed_file):
+    monkeypatch.setenv("MMKD_UNIMED_CHECKPOINT", str(unimed_file))
+    clip = load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
+    assert clip.source == str(unimed_file)
+    check_probs(clip.zero_shot(IMAGES, PROMPTS), len(IMAGES), len(PROMPTS))
+    # A second load comes from the converted copy (safetensors, no pickle at all).
+    again = load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
+    assert again.fingerprint == clip.fingerprint
+
+
+def test_unimed_missing_local_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMKD_UNIMED_CHECKPOINT", str(tmp_path / "nope.pt"))
+    with pytest.raises(CheckpointError, match="MMKD_UNIMED_CHECKPOINT"):
+        load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
+
+
+@pytest.fixture
+def online(monkeypatch, server):
+    """The hub is the local server; HF_HUB_OFFLINE (set for all tests) is lifted."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+    return server
+
+
+def test_unimed_download_lands_in_cache_once(online):
+    online.set(UNIMED_PATH, unimed_bytes())
+    assert registry.unimed_url() == online.url(UNIMED_PATH)
+    clip = load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
+    dest = paths.cache_dir() / "unimed" / registry.UNIMED_FILE
+    assert dest.is_file() and dest.read_bytes() == unimed_bytes()
+    assert clip.source == str(dest)
+    assert not list(dest.parent.glob("*.part"))
+    check_probs(clip.zero_shot(IMAGES, PROMPTS), len(IMAGES), len(PROMPTS))
+    assert len(online.hits(UNIMED_PATH)) == 1
+    load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
+    assert registry.unimed_checkpoint() == dest
+    assert len(online.hits(UNIMED_PATH)) == 1  # the second time: no network at all
+
+
+def test_unimed_download_honours_module_endpoint(monkeypatch, online):
+    monkeypatch.delenv("HF_ENDPOINT")
+    monkeypatch.setattr(registry, "HUB_ENDPOINT", online.url("/"))
+    online.set(UNIMED_PATH, unimed_bytes())
+    assert registry.unimed_checkpoint().is_file()
+
+
+def test_unimed_html_page_is_refused(online):
+    from support import HTML_PAGE
+
+    online.set(UNIMED_PATH, Route(HTML_PAGE, content_type="text/html"))
+    with pytest.raises(DownloadError) as info:
+        registry.unimed_checkpoint()
+    message = str(info.value)
+    dest = registry.unimed_cache_path()
+    assert "web page" in message and str(dest) in message and "MMKD_UNIMED_CHECKPOINT" in message
+    assert not dest.exists() and not list(dest.parent.glob("*.part"))
+
+
+def test_unimed_interrupted_download_is_refused_then_resumed(online):
+    good = unimed_bytes()
+    online.set(UNIMED_PATH, Route(good, cut_after=len(good) // 3))
+    dest = registry.unimed_cache_path()
+    with pytest.raises(DownloadError, match="interrupted"):
+        registry.unimed_checkpoint()
+    assert not dest.exists()
+    online.set(UNIMED_PATH, Route(good))  # the next call resumes the .part with a Range
+    assert registry.unimed_checkpoint().read_bytes() == good
+    assert online.hits(UNIMED_PATH)[-1].get("Range", "").startswith("bytes=")
+
+
+def test_unimed_truncated_file_is_refused(online):
+    online.set(UNIMED_PATH, unimed_bytes()[:5000])  # served whole, but not a checkpoint
+    with pytest.raises(DownloadError, match="did not verify"):
+        registry.unimed_checkpoint()
+    dest = registry.unimed_cache_path()
+    assert not dest.exists() and not list(dest.parent.glob("*.part"))
+
+
+def test_unimed_offline_says_where_to_put_the_file(monkeypatch, server):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+    server.set(UNIMED_PATH, unimed_bytes())
+    with pytest.raises(DownloadError) as info:
+        load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
+    message = str(info.value)
+    assert str(registry.unimed_cache_path()) in message
+    assert "MMKD_UNIMED_CHECKPOINT" in message and "HF_HUB_OFFLINE" in message
+    assert server.hits(UNIMED_PATH) == []
+
+
+# --------------------------------------------------------------------------- BiomedCLIP
+
+
+def test_biomedclip_from_local_dir(monkeypatch, biomedclip_dir):
+    monkeypatch.setenv("MMKD_BIOMEDCLIP", str(biomedclip_dir))
+    clip = load_model("biomedclip", text_encoder=TINY_TEXT, device="cpu")
+    assert isinstance(clip, MMKDModel)
+    assert clip.source == f"local-dir:{biomedclip_dir.resolve()}"
+    assert clip.embed_dim == 32 and "embed_dim=32" in repr(clip)
+    check_probs(clip.zero_shot(IMAGES, PROMPTS), len(IMAGES), len(PROMPTS))
+    # Its own preprocessing (160 px here) and tokenizer (from the folder, context 256).
+    assert clip.preprocess(_gray()).shape == (3, 160, 160)
+    assert clip.tokenizer.context_length == 256
+    ids = clip.tokenize(["A chest X-ray.", "A much longer prompt about a brain MRI scan."])
+    assert ids.shape[0] == 2 and ids.shape[1] < 256  # padded to the longest, not to 256
+    assert (ids[:, 0] == clip.tokenizer.tokenizer.cls_token_id).all()
+
+
+def _gray():
+    from PIL import Image
+
+    return Image.new("RGB", (200, 120), (90, 90, 90))
+
+
+def test_biomedclip_text_encoder_from_environment(monkeypatch, biomedclip_dir):
+    monkeypatch.setitem(registry.SOURCES, "biomedclip", f"local-dir:{biomedclip_dir}")
+    monkeypatch.setenv("MMKD_TEXT_ENCODER", str(TINY_TEXT))
+    clip = load_model("biomedclip", device="cpu")
+    check_probs(clip.zero_shot(IMAGES[:1], PROMPTS), 1, len(PROMPTS))
+
+
+def test_biomedclip_offline_needs_the_text_config(monkeypatch, biomedclip_dir):
+    # The config names BiomedBERT on the hub, which the tests cannot reach.
+    monkeypatch.setenv("MMKD_BIOMEDCLIP", str(biomedclip_dir))
+    with pytest.raises(MMKDError, match="MMKD_TEXT_ENCODER"):
+        load_model("biomedclip", device="cpu")
+
+
+def test_biomedclip_hub_offline_says_where_to_put_the_files(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setitem(registry.SOURCES, "biomedclip", "hf-hub:nobody/not-a-cached-model")
+    with pytest.raises(DownloadError) as info:
+        load_model("biomedclip", text_encoder=TINY_TEXT, device="cpu")
+    message = str(info.value)
+    assert "MMKD_BIOMEDCLIP" in message and "open_clip_config.json" in message
+
+
+def test_biomedclip_source_must_exist(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMKD_BIOMEDCLIP", str(tmp_path / "missing"))
+    with pytest.raises(CheckpointError, match="MMKD_BIOMEDCLIP"):
+        load_model("biomedclip", text_encoder=TINY_TEXT, device="cpu")
