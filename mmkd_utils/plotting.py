@@ -53,17 +53,16 @@ class _NotebookFigure(Figure):
 # --------------------------------------------------------------------------- validation
 
 
-def _as_float_array(values: Any, name: str) -> np.ndarray:
+def _as_float_array(
+    values: Any, name: str, what: str = "a list, numpy array or torch tensor of probabilities"
+) -> np.ndarray:
     """Turn a list, numpy array or torch tensor into a float64 numpy array."""
     if hasattr(values, "detach") and hasattr(values, "cpu"):  # torch tensor, without torch
         values = values.detach().cpu().double().numpy()
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{name} must be numbers (a list, numpy array or torch tensor of "
-            f"probabilities); could not convert it: {exc}"
-        ) from exc
+        raise ValueError(f"{name} must be numbers ({what}); could not convert it: {exc}") from exc
     return array
 
 
@@ -540,15 +539,7 @@ _UMAP_INSTALL = 'pip install "mmkd-utils[umap]" (or pip install umap-learn)'
 
 def _as_matrix(values: Any, name: str) -> np.ndarray:
     """Return ``values`` (list, numpy array or torch tensor) as a finite float64 [N, D] array."""
-    if hasattr(values, "detach") and hasattr(values, "cpu"):  # torch tensor, without torch
-        values = values.detach().cpu().double().numpy()
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{name} must be numbers (a numpy array or torch tensor of shape [N, D]); "
-            f"could not convert it: {exc}"
-        ) from exc
+    array = _as_float_array(values, name, "a numpy array or torch tensor of shape [N, D]")
     if array.ndim != 2:
         hint = " For one vector use x[None] (or x.reshape(1, -1))." if array.ndim == 1 else ""
         raise ValueError(
