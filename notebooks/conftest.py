@@ -44,6 +44,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -94,63 +95,27 @@ def _make_stand_in_images(folder: Path) -> None:
         img.save(folder / name)
 
 
+def _support():
+    """``tests/support.py``: the stand-ins the unit tests use for the registry's models."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import support
+
+    return support
+
+
 def _make_unimed_stand_in(folder: Path) -> Path:
     """The tiny checkpoint, weights perturbed, with NumPy scalars as UniMed-CLIP's file."""
-    import numpy as np
-    import torch
-
-    ckpt = torch.load(TINY / "checkpoint.pt", map_location="cpu", weights_only=True)
-    gen = torch.Generator().manual_seed(7)
-    for key, value in ckpt["state_dict"].items():
-        if value.is_floating_point() and "logit_scale" not in key:
-            ckpt["state_dict"][key] = value + 0.05 * torch.randn(value.shape, generator=gen)
-    ckpt["best_zero_shot"] = np.float64(0.5)
     path = folder / "unimed-clip-vit-b16.pt"
-    torch.save(ckpt, path)
+    path.write_bytes(_support().unimed_bytes())
     return path
 
 
 def _make_biomedclip_stand_in(folder: Path) -> Path:
     """A tiny open_clip model in BiomedCLIP's layout: config, weights, tokenizer files."""
-    import json
-
-    import open_clip
-    import torch
-
-    text = TINY / "tiny-biomedbert"
-    model_cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "timm_model_name": "test_vit",
-            "timm_model_pretrained": False,
-            "timm_pool": "",
-            "timm_proj": "linear",
-            "image_size": 160,
-        },
-        "text_cfg": {
-            "hf_model_name": str(text),
-            "hf_tokenizer_name": str(text),
-            "hf_model_pretrained": False,
-            "hf_proj_type": "mlp",
-            "hf_pooler_type": "cls_last_hidden_state_pooler",
-            "context_length": 256,
-        },
-    }
-    torch.manual_seed(3)
-    torch.save(
-        open_clip.CustomTextCLIP(**model_cfg).state_dict(), folder / "open_clip_pytorch_model.bin"
-    )
-    config = {
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {
-            "mean": [0.48145466, 0.4578275, 0.40821073],
-            "std": [0.26862954, 0.26130258, 0.27577711],
-        },
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(text / name, folder / name)
-    return folder
+    text = str(TINY / "tiny-biomedbert")
+    return _support().write_biomedclip_stand_in(folder, text_name=text)
 
 
 def _set_test_environment() -> None:

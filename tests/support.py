@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import io
+import json
 import re
+import shutil
 import socket
 import threading
 import time
@@ -128,3 +132,79 @@ def dead_url(path: str = "/file") -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}{path}"
+
+
+# --------------------------------------------------------------------------- stand-ins
+# Tiny stand-ins for the registry's other models, shared by the tests and by
+# notebooks/conftest.py (which runs notebook 07 on them).
+
+REAL_BIOMEDCLIP_TEXT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+
+
+@functools.cache  # legacy torch.save output varies from call to call
+def unimed_bytes(*, numpy_1_names: bool = True, seed: int = 7) -> bytes:
+    """The tiny checkpoint with perturbed weights and NumPy scalars, as UniMed-CLIP's.
+
+    The published file was pickled with NumPy 1.x (``numpy.core.multiarray.scalar``);
+    with ``numpy_1_names`` the stand-in names the scalar constructor the same way.
+    """
+    import numpy as np
+    import torch
+
+    ckpt = torch.load(TINY_CHECKPOINT, map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(seed)
+    ckpt["state_dict"] = {
+        k: (v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v)
+        if "logit_scale" not in k
+        else v
+        for k, v in ckpt["state_dict"].items()
+    }
+    ckpt["best_zero_shot"] = np.float64(0.5)
+    ckpt["step"] = np.int64(1200)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer, _use_new_zipfile_serialization=not numpy_1_names)
+    data = buffer.getvalue()
+    if numpy_1_names:  # legacy format: the pickle's GLOBAL opcodes are plain text
+        data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    return data
+
+
+def write_biomedclip_stand_in(folder: Path, *, text_name: str = REAL_BIOMEDCLIP_TEXT) -> Path:
+    """A tiny BiomedCLIP-shaped open_clip model in the layout of its hub repository."""
+    import open_clip
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "timm_model_name": "test_vit",  # timm's tiny ViT (real: vit_base_patch16_224)
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 160,
+        },
+        "text_cfg": {
+            "hf_model_name": str(TINY_TEXT),
+            "hf_tokenizer_name": text_name,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": 256,
+        },
+    }
+    torch.manual_seed(3)
+    text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}  # no BERT weights
+    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    model_cfg["text_cfg"]["hf_model_name"] = text_name  # as the published config
+    config = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_TEXT / name, folder / name)
+    return folder

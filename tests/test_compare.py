@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
-from support import TINY, TINY_TEXT
-from test_registry import unimed_bytes, write_biomedclip_stand_in
+from support import TINY, TINY_TEXT, unimed_bytes, write_biomedclip_stand_in
 
 from mmkd_utils import compare_models, load_model, registry
 from mmkd_utils.compare import model_columns, plot_model_comparison, summarize_comparison

@@ -12,16 +12,11 @@
 from __future__ import annotations
 
 import datetime
-import functools
-import io
-import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from support import TINY, TINY_CHECKPOINT, TINY_TEXT, Route
+from support import TINY, TINY_CHECKPOINT, TINY_TEXT, Route, unimed_bytes, write_biomedclip_stand_in
 
 from mmkd_utils import MMKDModel, list_models, load_model, paths, registry
 from mmkd_utils.checkpoint import read_checkpoint
@@ -30,7 +25,6 @@ from mmkd_utils.errors import CheckpointError, DownloadError, MMKDError
 IMAGES = sorted((TINY / "images").iterdir())[:3]
 PROMPTS = ["A chest X-ray.", "An MRI scan of the brain.", "A fundus photograph."]
 UNIMED_PATH = f"/{registry.UNIMED_REPO}/resolve/main/{registry.UNIMED_FILE}"
-REAL_BIOMEDCLIP_TEXT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 
 
 @pytest.fixture(autouse=True)
@@ -38,74 +32,6 @@ def _no_registry_env(monkeypatch):
     """notebooks/conftest.py sets these for the notebooks; unit tests start without them."""
     for name in ("MMKD_UNIMED_CHECKPOINT", "MMKD_BIOMEDCLIP", "HF_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-
-
-# --------------------------------------------------------------------------- stand-ins
-
-
-@functools.cache  # legacy torch.save output varies from call to call
-def unimed_bytes(*, numpy_1_names: bool = True, seed: int = 7) -> bytes:
-    """The tiny checkpoint with perturbed weights and NumPy scalars, as UniMed-CLIP's.
-
-    The published file was pickled with NumPy 1.x (``numpy.core.multiarray.scalar``);
-    with ``numpy_1_names`` the stand-in names the scalar constructor the same way.
-    """
-    ckpt = torch.load(TINY_CHECKPOINT, map_location="cpu", weights_only=True)
-    gen = torch.Generator().manual_seed(seed)
-    ckpt["state_dict"] = {
-        k: (v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v)
-        if "logit_scale" not in k
-        else v
-        for k, v in ckpt["state_dict"].items()
-    }
-    ckpt["best_zero_shot"] = np.float64(0.5)
-    ckpt["step"] = np.int64(1200)
-    buffer = io.BytesIO()
-    torch.save(ckpt, buffer, _use_new_zipfile_serialization=not numpy_1_names)
-    data = buffer.getvalue()
-    if numpy_1_names:  # legacy format: the pickle's GLOBAL opcodes are plain text
-        data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-    return data
-
-
-def write_biomedclip_stand_in(folder: Path, *, text_name: str = REAL_BIOMEDCLIP_TEXT) -> Path:
-    """A tiny BiomedCLIP-shaped open_clip model in the layout of its hub repository."""
-    import open_clip
-
-    folder.mkdir(parents=True, exist_ok=True)
-    model_cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "timm_model_name": "test_vit",  # timm's tiny ViT (real: vit_base_patch16_224)
-            "timm_model_pretrained": False,
-            "timm_pool": "",
-            "timm_proj": "linear",
-            "image_size": 160,
-        },
-        "text_cfg": {
-            "hf_model_name": str(TINY_TEXT),
-            "hf_tokenizer_name": text_name,
-            "hf_proj_type": "mlp",
-            "hf_pooler_type": "cls_last_hidden_state_pooler",
-            "context_length": 256,
-        },
-    }
-    torch.manual_seed(3)
-    text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}  # no BERT weights
-    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    model_cfg["text_cfg"]["hf_model_name"] = text_name  # as the published config
-    config = {
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {
-            "mean": [0.48145466, 0.4578275, 0.40821073],
-            "std": [0.26862954, 0.26130258, 0.27577711],
-        },
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TINY_TEXT / name, folder / name)
-    return folder
 
 
 @pytest.fixture(scope="session")
