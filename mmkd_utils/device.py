@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -75,6 +77,40 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
         True
     """
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+
+#: Most threads :meth:`~mmkd_utils.loading.MMKDModel.encode_images` decodes images with.
+MAX_PREPROCESS_THREADS = 8
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one).
+
+    Example:
+        >>> usable_cpus() >= 1
+        True
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1
+
+
+def preprocess_threads(n_images: int, cpus: int | None = None) -> int:
+    """Threads to decode and preprocess ``n_images`` images with before a forward pass.
+
+    One per usable core, at most :data:`MAX_PREPROCESS_THREADS` and at most one per
+    image. Pillow releases the GIL while it decodes and resizes, so on a 2-core laptop
+    two images are prepared at once, instead of one core idling while the forward pass
+    waits; at most this many full-size images are held in memory at a time.
+
+    Example:
+        >>> preprocess_threads(9, cpus=2), preprocess_threads(1, cpus=8)
+        (2, 1)
+    """
+    if cpus is None:
+        cpus = usable_cpus()
+    return max(1, min(n_images, cpus, MAX_PREPROCESS_THREADS))
 
 
 #: Rough activation memory of one ViT-B/16 image in inference, with a safety margin.

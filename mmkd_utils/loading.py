@@ -25,6 +25,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from .classifier import ZeroShotClassifier, build_classifier
 from .device import (
     auto_image_batch_size,
     autocast_dtype,
+    preprocess_threads,
     resolve_device,
     resolve_precision,
     to_device,
@@ -192,7 +194,10 @@ class MMKDModel:
         """Embed images (paths, PIL or numpy): float32 CPU tensor [N, D], L2-normalised.
 
         Each image is converted to RGB first (:func:`mmkd_utils.images.to_rgb`), so
-        16-bit and float images are rescaled, not clipped. ``on_error="skip"`` leaves out
+        16-bit and float images are rescaled, not clipped. The images of a batch are
+        decoded and preprocessed on several threads (one per core, see
+        :func:`~mmkd_utils.device.preprocess_threads`); the pixels are the same as one
+        by one. ``on_error="skip"`` leaves out
         images that cannot be read and reports each with its reason in one
         :class:`~mmkd_utils.errors.SkippedImagesWarning` (whose ``failures`` give the
         indices); the rows returned are those of the images that worked, in order.
@@ -207,14 +212,14 @@ class MMKDModel:
             raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
         out, failures = [], []
         for start in range(0, len(items), size):
+            chunk = items[start : start + size]
             pixels = []
-            for index, image in enumerate(items[start : start + size], start):
-                try:
-                    pixels.append(self.preprocess(to_rgb(image)))
-                except ImageLoadError as err:
-                    if on_error == "raise":
-                        raise
-                    failures.append((index, _image_name(image), str(err)))
+            prepared = _prepare_images(chunk, self.preprocess, stop_at_error=on_error == "raise")
+            for index, (image, result) in enumerate(zip(chunk, prepared, strict=True), start):
+                if isinstance(result, ImageLoadError):
+                    failures.append((index, _image_name(image), str(result)))
+                else:
+                    pixels.append(result)
             if pixels:
                 out.append(self.encode_pixels(torch.stack(pixels)))
         if failures:
@@ -377,6 +382,40 @@ def _as_image_list(images: Any) -> list[ImageInput]:
     if not items:
         raise ImageLoadError("images is empty: pass at least one image.")
     return items
+
+
+def _prepare_images(
+    images: Sequence[ImageInput],
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    *,
+    stop_at_error: bool,
+    threads: int | None = None,
+) -> list[torch.Tensor | ImageLoadError]:
+    """``preprocess(to_rgb(image))`` for each image, in order, on ``threads`` threads.
+
+    An unreadable image gives its :class:`ImageLoadError` in its place; with
+    ``stop_at_error`` the first one (in the images' order) is raised instead, and images
+    not yet started are not decoded. Any other exception is raised as it is.
+    """
+
+    def one(image: ImageInput) -> torch.Tensor | ImageLoadError:
+        try:
+            return preprocess(to_rgb(image))
+        except ImageLoadError as err:
+            if stop_at_error:
+                raise
+            return err
+
+    if threads is None:
+        threads = preprocess_threads(len(images))
+    if threads <= 1:
+        return [one(image) for image in images]
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mmkd-preprocess")
+    try:
+        futures = [pool.submit(one, image) for image in images]
+        return [future.result() for future in futures]
+    finally:  # after an error or an interrupt: drop the images not started yet
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _image_name(image: Any) -> str:

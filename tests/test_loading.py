@@ -281,3 +281,137 @@ def test_cuda_transfers_go_through_pinned_memory():
 def test_default_batch_size_comes_from_the_device(tiny_model):
     assert tiny_model.image_batch_size == 32
     assert tiny_model.encode_texts(["a"]).requires_grad is False
+
+
+# -- decoding and preprocessing a batch on several threads ------------------------------
+
+
+def test_preprocess_threads_one_per_core_and_image():
+    from mmkd_utils.device import MAX_PREPROCESS_THREADS, preprocess_threads
+
+    assert preprocess_threads(9, cpus=2) == 2
+    assert preprocess_threads(1, cpus=16) == 1
+    assert preprocess_threads(3, cpus=16) == 3
+    assert preprocess_threads(100, cpus=64) == MAX_PREPROCESS_THREADS
+    assert preprocess_threads(5, cpus=1) == 1
+    assert preprocess_threads(0, cpus=4) == 1
+
+
+def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
+    import os
+
+    from mmkd_utils.device import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert usable_cpus() == 3
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert usable_cpus() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert usable_cpus() == 1
+
+
+def _demo_like_images():
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    shapes = [(300, 500, 3), (256, 256), (90, 400, 3), (512, 300), (224, 224, 3), (33, 35, 3)]
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
+    images.append(Image.fromarray(images[0]).convert("P"))
+    images.append(TINY / "images" / "rgb_noise.png")
+    return images
+
+
+def test_threads_give_the_same_pixels_as_one_by_one(tiny_model):
+    import itertools
+    import threading
+
+    from mmkd_utils.images import to_rgb
+    from mmkd_utils.loading import _prepare_images
+
+    images = _demo_like_images()
+    meet = threading.Barrier(2, timeout=10)  # passes only if two images are prepared at once
+    calls = itertools.count()
+    threads_seen = set()
+
+    def preprocess(img):
+        threads_seen.add(threading.get_ident())
+        if next(calls) < 2:
+            meet.wait()  # one thread alone would wait here until BrokenBarrierError
+        return tiny_model.preprocess(img)
+
+    parallel = _prepare_images(images, preprocess, stop_at_error=True, threads=2)
+    assert len(threads_seen) == 2 and threading.get_ident() not in threads_seen
+    serial = [tiny_model.preprocess(to_rgb(img)) for img in images]
+    assert len(parallel) == len(serial)
+    for a, b in zip(parallel, serial, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_encode_images_with_threads_equals_encode_pixels(tiny_model, monkeypatch):
+    import mmkd_utils.loading as loading
+    from mmkd_utils.images import to_rgb
+
+    images = _demo_like_images()
+    pixels = torch.stack([tiny_model.preprocess(to_rgb(img)) for img in images])
+    expected = torch.cat(
+        [tiny_model.encode_pixels(pixels[:5]), tiny_model.encode_pixels(pixels[5:])]
+    )
+    for threads in (1, 3):
+        monkeypatch.setattr(loading, "preprocess_threads", lambda n, t=threads: min(n, t))
+        assert torch.equal(tiny_model.encode_images(images, batch_size=5), expected)
+
+
+def test_first_bad_image_in_order_is_raised_even_if_a_later_one_fails_first(monkeypatch):
+    import time
+
+    import numpy as np
+
+    import mmkd_utils.loading as loading
+
+    real_to_rgb = loading.to_rgb
+
+    def slow_for_first_bad(image):
+        if isinstance(image, np.ndarray) and image.ndim == 4:
+            time.sleep(0.2)  # the later bad image fails long before this one
+        return real_to_rgb(image)
+
+    monkeypatch.setattr(loading, "to_rgb", slow_for_first_bad)
+    good = np.zeros((8, 8, 3), np.uint8)
+    images = [good, np.zeros((2, 2, 2, 2)), good, np.zeros((0, 4))]
+    with pytest.raises(ImageLoadError, match="4 dimensions"):
+        loading._prepare_images(images, lambda img: img.size, stop_at_error=True, threads=4)
+    prepared = loading._prepare_images(images, lambda img: img.size, stop_at_error=False, threads=4)
+    assert prepared[0] == (8, 8) and prepared[2] == (8, 8)
+    assert "4 dimensions" in str(prepared[1]) and "is empty" in str(prepared[3])
+
+
+def test_images_not_started_are_not_decoded_after_an_error(monkeypatch):
+    import threading
+
+    import numpy as np
+
+    import mmkd_utils.loading as loading
+
+    started = []
+    release = threading.Event()
+    real_to_rgb = loading.to_rgb
+
+    def blocking(image):
+        started.append(image.shape)
+        if image.size:  # good images wait until the error has been raised
+            release.wait(timeout=10)
+        return real_to_rgb(image)
+
+    monkeypatch.setattr(loading, "to_rgb", blocking)
+    images = [np.zeros((0, 3))] + [np.zeros((4, 4), np.uint8)] * 20
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    try:
+        with pytest.raises(ImageLoadError, match="is empty"):
+            loading._prepare_images(images, lambda img: img, stop_at_error=True, threads=2)
+    finally:
+        release.set()
+        timer.cancel()
+    assert len(started) <= 3  # the bad one and at most one more per thread
