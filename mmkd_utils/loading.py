@@ -25,7 +25,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from .checkpoint import (
 )
 from .classifier import ZeroShotClassifier, build_classifier
 from .device import (
+    MAX_PREPROCESS_THREADS,
     auto_image_batch_size,
     autocast_dtype,
     preprocess_threads,
@@ -113,6 +114,7 @@ class MMKDModel:
         self._precision_warned = False
         #: Default image batch size: from free GPU memory on CUDA, 32 elsewhere.
         self.image_batch_size = auto_image_batch_size(device)
+        self._preprocess_pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return (
@@ -196,11 +198,11 @@ class MMKDModel:
         Each image is converted to RGB first (:func:`mmkd_utils.images.to_rgb`), so
         16-bit and float images are rescaled, not clipped. The images of a batch are
         decoded and preprocessed on several threads (one per core, see
-        :func:`~mmkd_utils.device.preprocess_threads`); the pixels are the same as one
-        by one. ``on_error="skip"`` leaves out
-        images that cannot be read and reports each with its reason in one
-        :class:`~mmkd_utils.errors.SkippedImagesWarning` (whose ``failures`` give the
-        indices); the rows returned are those of the images that worked, in order.
+        :func:`~mmkd_utils.device.preprocess_threads`), with the same pixels as one by
+        one. ``on_error="skip"`` leaves out images that cannot be read and reports each
+        with its reason in one :class:`~mmkd_utils.errors.SkippedImagesWarning` (whose
+        ``failures`` give the indices); the rows returned are those of the images that
+        worked, in order.
 
         Example:
             >>> clip.encode_images(["xray.png", "ct.jpg"]).shape  # doctest: +SKIP
@@ -214,7 +216,9 @@ class MMKDModel:
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             pixels = []
-            prepared = _prepare_images(chunk, self.preprocess, stop_at_error=on_error == "raise")
+            prepared = _prepare_images(
+                chunk, self.preprocess, stop_at_error=on_error == "raise", pool=self._pool()
+            )
             for index, (image, result) in enumerate(zip(chunk, prepared, strict=True), start):
                 if isinstance(result, ImageLoadError):
                     failures.append((index, _image_name(image), str(result)))
@@ -225,6 +229,19 @@ class MMKDModel:
         if failures:
             _report_skipped(failures, len(items), all_failed=not out)
         return torch.cat(out)
+
+    def _pool(self) -> ThreadPoolExecutor | None:
+        """This model's threads for decoding and preprocessing (None on a single core).
+
+        Made once and kept: the same threads each batch reuse the same allocator arenas,
+        where a new pool per batch lets resident memory creep up by a few hundred MB.
+        """
+        threads = preprocess_threads(MAX_PREPROCESS_THREADS)
+        if threads <= 1:
+            return None
+        if self._preprocess_pool is None:
+            self._preprocess_pool = ThreadPoolExecutor(threads, "mmkd-preprocess")
+        return self._preprocess_pool
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed an already preprocessed batch [N, 3, H, W]: float32 CPU, L2-normalised.
@@ -389,13 +406,15 @@ def _prepare_images(
     preprocess: Callable[[Image.Image], torch.Tensor],
     *,
     stop_at_error: bool,
-    threads: int | None = None,
+    pool: ThreadPoolExecutor | None = None,
 ) -> list[torch.Tensor | ImageLoadError]:
-    """``preprocess(to_rgb(image))`` for each image, in order, on ``threads`` threads.
+    """``preprocess(to_rgb(image))`` for each image, in order, on ``pool``'s threads.
 
     An unreadable image gives its :class:`ImageLoadError` in its place; with
     ``stop_at_error`` the first one (in the images' order) is raised instead, and images
-    not yet started are not decoded. Any other exception is raised as it is.
+    not yet started are not decoded. Any other exception is raised as it is. An object
+    listed more than once is prepared once, so no two threads ever read the same PIL
+    image (a lazily opened one would share its file).
     """
 
     def one(image: ImageInput) -> torch.Tensor | ImageLoadError:
@@ -406,16 +425,24 @@ def _prepare_images(
                 raise
             return err
 
-    if threads is None:
-        threads = preprocess_threads(len(images))
-    if threads <= 1:
-        return [one(image) for image in images]
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mmkd-preprocess")
-    try:
-        futures = [pool.submit(one, image) for image in images]
-        return [future.result() for future in futures]
-    finally:  # after an error or an interrupt: drop the images not started yet
-        pool.shutdown(wait=True, cancel_futures=True)
+    slot: dict[int, int] = {}  # id of each distinct object -> its place in `unique`
+    unique: list[ImageInput] = []
+    for image in images:
+        if id(image) not in slot:
+            slot[id(image)] = len(unique)
+            unique.append(image)
+    if pool is None or len(unique) < 2:
+        done = [one(image) for image in unique]
+    else:
+        futures = [pool.submit(one, image) for image in unique]
+        try:
+            done = [future.result() for future in futures]
+        except BaseException:  # an error or an interrupt: drop the images not started yet
+            for future in futures:
+                future.cancel()
+            wait(futures)  # and let those being prepared finish before raising
+            raise
+    return [done[slot[id(image)]] for image in images]
 
 
 def _image_name(image: Any) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -341,7 +343,8 @@ def test_threads_give_the_same_pixels_as_one_by_one(tiny_model):
             meet.wait()  # one thread alone would wait here until BrokenBarrierError
         return tiny_model.preprocess(img)
 
-    parallel = _prepare_images(images, preprocess, stop_at_error=True, threads=2)
+    with ThreadPoolExecutor(2) as pool:
+        parallel = _prepare_images(images, preprocess, stop_at_error=True, pool=pool)
     assert len(threads_seen) == 2 and threading.get_ident() not in threads_seen
     serial = [tiny_model.preprocess(to_rgb(img)) for img in images]
     assert len(parallel) == len(serial)
@@ -360,7 +363,15 @@ def test_encode_images_with_threads_equals_encode_pixels(tiny_model, monkeypatch
     )
     for threads in (1, 3):
         monkeypatch.setattr(loading, "preprocess_threads", lambda n, t=threads: min(n, t))
+        monkeypatch.setattr(tiny_model, "_preprocess_pool", None)  # made again for this test
         assert torch.equal(tiny_model.encode_images(images, batch_size=5), expected)
+        pool = tiny_model._preprocess_pool
+        if threads == 1:
+            assert pool is None  # one core: no threads at all
+        else:
+            assert pool._max_workers == 3
+            assert tiny_model._pool() is pool  # kept for the next batches and calls
+            pool.shutdown()
 
 
 def test_first_bad_image_in_order_is_raised_even_if_a_later_one_fails_first(monkeypatch):
@@ -380,9 +391,12 @@ def test_first_bad_image_in_order_is_raised_even_if_a_later_one_fails_first(monk
     monkeypatch.setattr(loading, "to_rgb", slow_for_first_bad)
     good = np.zeros((8, 8, 3), np.uint8)
     images = [good, np.zeros((2, 2, 2, 2)), good, np.zeros((0, 4))]
-    with pytest.raises(ImageLoadError, match="4 dimensions"):
-        loading._prepare_images(images, lambda img: img.size, stop_at_error=True, threads=4)
-    prepared = loading._prepare_images(images, lambda img: img.size, stop_at_error=False, threads=4)
+    with ThreadPoolExecutor(4) as pool:
+        with pytest.raises(ImageLoadError, match="4 dimensions"):
+            loading._prepare_images(images, lambda img: img.size, stop_at_error=True, pool=pool)
+        prepared = loading._prepare_images(
+            images, lambda img: img.size, stop_at_error=False, pool=pool
+        )
     assert prepared[0] == (8, 8) and prepared[2] == (8, 8)
     assert "4 dimensions" in str(prepared[1]) and "is empty" in str(prepared[3])
 
@@ -394,24 +408,57 @@ def test_images_not_started_are_not_decoded_after_an_error(monkeypatch):
 
     import mmkd_utils.loading as loading
 
-    started = []
-    release = threading.Event()
+    started, finished = [], []
+    good_started, release = threading.Event(), threading.Event()
     real_to_rgb = loading.to_rgb
 
     def blocking(image):
         started.append(image.shape)
-        if image.size:  # good images wait until the error has been raised
-            release.wait(timeout=10)
-        return real_to_rgb(image)
+        try:
+            if image.size:  # a good image: blocks until the timer releases it
+                good_started.set()
+                release.wait(timeout=10)
+            else:  # the bad one fails only once a good one is being prepared
+                good_started.wait(timeout=10)
+            return real_to_rgb(image)
+        finally:
+            finished.append(image.shape)
 
     monkeypatch.setattr(loading, "to_rgb", blocking)
-    images = [np.zeros((0, 3))] + [np.zeros((4, 4), np.uint8)] * 20
+    images = [np.zeros((0, 3))] + [np.zeros((4, 4), np.uint8) for _ in range(20)]
     timer = threading.Timer(0.3, release.set)
     timer.start()
+    pool = ThreadPoolExecutor(2)
     try:
         with pytest.raises(ImageLoadError, match="is empty"):
-            loading._prepare_images(images, lambda img: img, stop_at_error=True, threads=2)
+            loading._prepare_images(images, lambda img: img, stop_at_error=True, pool=pool)
+        assert 2 <= len(started) <= 3  # the bad one and at most one more per thread
+        assert sorted(finished) == sorted(started)  # no work left running after the error
     finally:
         release.set()
         timer.cancel()
-    assert len(started) <= 3  # the bad one and at most one more per thread
+        pool.shutdown()
+
+
+def test_an_image_listed_twice_is_prepared_once(tiny_model, tmp_path):
+    from PIL import Image
+
+    from mmkd_utils.loading import _prepare_images
+
+    path = tmp_path / "lazy.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
+    lazy = Image.open(path)  # not loaded yet: two threads reading it would share the file
+    other = np.zeros((16, 16), np.uint8)
+    calls = []
+
+    def preprocess(img):
+        calls.append(img.size)
+        return tiny_model.preprocess(img)
+
+    with ThreadPoolExecutor(3) as pool:
+        prepared = _prepare_images(
+            [lazy, other, lazy, lazy, other], preprocess, stop_at_error=True, pool=pool
+        )
+    assert sorted(calls) == [(16, 16), (40, 30)]
+    assert prepared[0] is prepared[2] is prepared[3] and prepared[1] is prepared[4]
+    assert torch.equal(prepared[0], tiny_model.preprocess(Image.open(path).convert("RGB")))
