@@ -226,6 +226,7 @@ class MMKDModel:
                     pixels.append(result)
             if pixels:
                 out.append(self.encode_pixels(torch.stack(pixels)))
+            del prepared, pixels  # not kept while the next batch is prepared
         if failures:
             _report_skipped(failures, len(items), all_failed=not out)
         return torch.cat(out)
