@@ -96,22 +96,21 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def preprocess_threads(n_images: int, cpus: int | None = None) -> int:
-    """Threads to decode and preprocess ``n_images`` images with before a forward pass.
+def preprocess_threads(cpus: int | None = None) -> int:
+    """Threads a model decodes and preprocesses images with: one per usable core, at most 8.
 
-    One per usable core, at most :data:`MAX_PREPROCESS_THREADS` and at most one per
-    image. Pillow releases the GIL while it decodes and resizes, so on a 2-core laptop
-    two images are prepared at once, instead of one core idling while the forward pass
-    waits; at most this many full-size images are held in memory at a time. Each model
-    keeps one pool of ``preprocess_threads(MAX_PREPROCESS_THREADS)`` threads.
+    Pillow releases the GIL while it decodes and resizes, so on a 2-core laptop two
+    images of a batch are prepared at once, instead of one core idling while the forward
+    pass waits; at most this many full-size images are held in memory at a time. Each
+    model keeps one such pool of threads; a single core gets none.
 
     Example:
-        >>> preprocess_threads(9, cpus=2), preprocess_threads(1, cpus=8)
-        (2, 1)
+        >>> preprocess_threads(cpus=2), preprocess_threads(cpus=64)
+        (2, 8)
     """
     if cpus is None:
         cpus = usable_cpus()
-    return max(1, min(n_images, cpus, MAX_PREPROCESS_THREADS))
+    return max(1, min(cpus, MAX_PREPROCESS_THREADS))
 
 
 #: Rough activation memory of one ViT-B/16 image in inference, with a safety margin.

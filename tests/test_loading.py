@@ -288,15 +288,14 @@ def test_default_batch_size_comes_from_the_device(tiny_model):
 # -- decoding and preprocessing a batch on several threads ------------------------------
 
 
-def test_preprocess_threads_one_per_core_and_image():
-    from mmkd_utils.device import MAX_PREPROCESS_THREADS, preprocess_threads
+def test_preprocess_threads_one_per_core_at_most_eight(monkeypatch):
+    import mmkd_utils.device as device
 
-    assert preprocess_threads(9, cpus=2) == 2
-    assert preprocess_threads(1, cpus=16) == 1
-    assert preprocess_threads(3, cpus=16) == 3
-    assert preprocess_threads(100, cpus=64) == MAX_PREPROCESS_THREADS
-    assert preprocess_threads(5, cpus=1) == 1
-    assert preprocess_threads(0, cpus=4) == 1
+    assert device.preprocess_threads(cpus=2) == 2
+    assert device.preprocess_threads(cpus=1) == 1
+    assert device.preprocess_threads(cpus=64) == device.MAX_PREPROCESS_THREADS == 8
+    monkeypatch.setattr(device, "usable_cpus", lambda: 3)
+    assert device.preprocess_threads() == 3
 
 
 def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
@@ -362,7 +361,7 @@ def test_encode_images_with_threads_equals_encode_pixels(tiny_model, monkeypatch
         [tiny_model.encode_pixels(pixels[:5]), tiny_model.encode_pixels(pixels[5:])]
     )
     for threads in (1, 3):
-        monkeypatch.setattr(loading, "preprocess_threads", lambda n, t=threads: min(n, t))
+        monkeypatch.setattr(loading, "preprocess_threads", lambda t=threads: t)
         monkeypatch.setattr(tiny_model, "_preprocess_pool", None)  # made again for this test
         assert torch.equal(tiny_model.encode_images(images, batch_size=5), expected)
         pool = tiny_model._preprocess_pool
