@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -200,7 +201,7 @@ def child(mode: str, checkpoint: str, text: str, images: list[str]) -> dict:
 
 
 def _batch_memory(checkpoint: str, text: str, images: list[str]) -> dict:
-    """Peak memory of ``encode_images`` at the default batch size: 1 batch, then 3 more.
+    """Peak memory of ``encode_images`` at the default batch size: 1 batch, then 3.
 
     The model is loaded (from the converted copy) and has embedded one image first; the
     peak resident memory above that point is measured with the kernel's high-water mark
@@ -215,12 +216,14 @@ def _batch_memory(checkpoint: str, text: str, images: list[str]) -> dict:
     clip.encode_images(images[:1])
     out: dict = {"batch_size": clip.image_batch_size}
     loaded = _rss_mb("VmRSS")
-    batch = [images[i % len(images)] for i in range(clip.image_batch_size)]
-    clip.encode_images(batch)  # not measured: lets the allocator settle first
+
+    def demo_images(n: int) -> list[str]:  # the demo images over and over, n in all
+        return list(itertools.islice(itertools.cycle(images), n))
+
+    clip.encode_images(demo_images(clip.image_batch_size))  # not measured: allocator settles
     for batches in (1, 3):
-        n = batches * clip.image_batch_size
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
-        clip.encode_images([images[i % len(images)] for i in range(n)])
+        clip.encode_images(demo_images(batches * clip.image_batch_size))
         out[f"peak_mb_above_loaded_{batches}"] = _rss_mb("VmHWM") - loaded
         out[f"process_peak_mb_{batches}"] = _rss_mb("VmHWM")
     return out
