@@ -125,7 +125,7 @@ def write_text_encoder(folder: Path) -> None:
 
 def demo_sized_images(folder: Path) -> list[Path]:
     """The published demo images if present locally, else random images of their sizes."""
-    from mmkd_utils import paths
+    import mmkd_utils.config as paths
 
     local = paths.env_path("MMKD_DEMO_IMAGES") or REPO.parent / "shared/reference/demo_images"
     if all((local / name).is_file() for name, _, _ in DEMO_SIZES):
@@ -235,7 +235,7 @@ def _reference_load(checkpoint: str, text: str):
     import torch
     from open_clip.tokenizer import HFTokenizer
 
-    from mmkd_utils.checkpoint import model_config_from_state_dict, to_open_clip_keys
+    from mmkd_utils.model.checkpoint import model_config_from_state_dict, to_open_clip_keys
 
     sd = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
@@ -317,7 +317,7 @@ def bench_text_and_images(clip, images: list[Path], reps: int, image_reps: int) 
     import torch.nn.functional as F
 
     from mmkd_utils.demo import DEMO_PROMPTS
-    from mmkd_utils.images import to_rgb
+    from mmkd_utils.images.decode import to_rgb
 
     padded = clip.tokenizer(DEMO_PROMPTS)
 
@@ -336,7 +336,7 @@ def bench_text_and_images(clip, images: list[Path], reps: int, image_reps: int) 
             return clip.model.encode_image(pixels)
 
     wrap_times, bare_times = paired_times(lambda: clip.encode_images(images), bare, image_reps)
-    from mmkd_utils.loading import _prepare_images
+    from mmkd_utils.model.loading import _prepare_images
 
     prepare_times = []
     for _ in range(reps):  # the wrapper's own work: decoding and preprocessing on its threads

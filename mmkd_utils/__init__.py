@@ -8,10 +8,8 @@ Example:
     >>> clip = mmkd_utils.load_model()  # doctest: +SKIP
 """
 
-from .compare import compare_models
-from .diagnostics import doctor
-from .embeddings import FolderEmbeddings, embed_folder
-from .errors import (
+from mmkd_utils.doctor import doctor
+from mmkd_utils.errors import (
     BankError,
     CheckpointError,
     DownloadError,
@@ -29,13 +27,15 @@ from .errors import (
     TextEncoderError,
     UnknownModalityError,
 )
-from .evaluation import evaluate_folder
-from .images import to_rgb
-from .loading import MMKDModel, load_model
-from .medical import load_image
-from .probe import linear_probe
-from .registry import list_models
-from .retrieval import search
+from mmkd_utils.images.decode import to_rgb
+from mmkd_utils.images.medical import load_image
+from mmkd_utils.model.loading import MMKDModel, load_model
+from mmkd_utils.model.registry import list_models
+from mmkd_utils.tasks.compare import compare_models
+from mmkd_utils.tasks.embeddings import FolderEmbeddings, embed_folder
+from mmkd_utils.tasks.evaluation import evaluate_folder
+from mmkd_utils.tasks.probe import linear_probe
+from mmkd_utils.tasks.retrieval import search
 
 __version__ = "0.1.0"
 

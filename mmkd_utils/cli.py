@@ -54,7 +54,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         24 checks: 20 OK, 4 WARNING, 0 ERROR.
         0
     """
-    from mmkd_utils.diagnostics import doctor
+    from mmkd_utils.doctor import doctor
 
     report = doctor(network=not args.offline, timeout=args.timeout, verify_weights=args.verify)
     print(report)

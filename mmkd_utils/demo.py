@@ -17,7 +17,7 @@ import os
 import warnings
 from pathlib import Path
 
-from mmkd_utils import paths
+import mmkd_utils.config as paths
 from mmkd_utils.download import download_url, sha256_file
 from mmkd_utils.errors import DownloadError
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from mmkd_utils import paths
+import mmkd_utils.config as paths
 from mmkd_utils.errors import DownloadError
 
 _CHUNK = 1 << 20
@@ -317,7 +317,7 @@ def _verify_checkpoint(part: Path, url: str, dest: Path) -> None:
     if _looks_like_html(part):
         _unlink(part)
         raise DownloadError(_drive_page_error(url, dest))
-    from mmkd_utils.checkpoint import model_config_from_state_dict, read_checkpoint
+    from mmkd_utils.model.checkpoint import model_config_from_state_dict, read_checkpoint
 
     try:
         # A dict of tensors is not enough: it must have the MMKD-CLIP towers.
@@ -462,7 +462,7 @@ def download_checkpoint(
 ) -> Path:
     """Download the released ``MMKD_B16.pth`` (~784 MB) with gdown and return its path.
 
-    ``dest`` defaults to :func:`mmkd_utils.paths.default_checkpoint_path`; an existing
+    ``dest`` defaults to :func:`mmkd_utils.config.default_checkpoint_path`; an existing
     file is returned as is unless ``force``. ``url`` defaults to the Google Drive link
     of the release. The file is fetched into ``<dest>.part`` (an interrupted download
     resumes on the next call), checked to be a real checkpoint, then moved into place.

@@ -51,6 +51,17 @@ class MMKDError(Exception):
         return printable(super().__str__())
 
 
+# --------------------------------------------------------------------------- arguments
+
+
+class ArgumentError(MMKDError, ValueError):
+    """An argument has a value the function cannot use (``batch_size=0``, an unknown option)."""
+
+
+class ArgumentTypeError(MMKDError, TypeError):
+    """An argument has a type the function cannot use (a number where a list is needed)."""
+
+
 # --------------------------------------------------------------------------- weights
 
 
@@ -172,6 +183,8 @@ class PrecisionFallbackWarning(UserWarning):
 
 __all__ = [
     "MMKDError",
+    "ArgumentError",
+    "ArgumentTypeError",
     "BankError",
     "CheckpointError",
     "DownloadError",

@@ -168,13 +168,13 @@ def _line_count(labels: Sequence[str]) -> int:
 def _image_array(image: Any, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Return ``(array, imshow_kwargs)`` for a file path, PIL image, numpy array or tensor.
 
-    Paths (any format :func:`mmkd_utils.images.to_rgb` reads) are loaded as RGB.
+    Paths (any format :func:`mmkd_utils.images.decode.to_rgb` reads) are loaded as RGB.
 
     Gray images get ``cmap="gray"`` and, for uint8 / bool / [0, 1] float data, a fixed
     value range, so a dark image stays dark instead of being stretched to full contrast.
     """
     if isinstance(image, (str, os.PathLike)):
-        from .images import to_rgb
+        from mmkd_utils.images.decode import to_rgb
 
         image = to_rgb(image)
     if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL image, without PIL
@@ -1131,7 +1131,7 @@ def plot_gallery(
 ) -> Figure:
     """Show retrieval results: one row of images per query, titled with the query text.
 
-    ``results`` is the DataFrame from :func:`mmkd_utils.retrieval.search` (columns
+    ``results`` is the DataFrame from :func:`mmkd_utils.tasks.retrieval.search` (columns
     ``query``, ``rank``, ``path``, ``score`` and optionally ``label``). Queries keep
     their order of first appearance, images are sorted by rank, and each image is titled
     ``#rank · score`` (score with three decimals) plus its label. Introduced in
@@ -1166,7 +1166,7 @@ def plot_gallery(
     """
     if not (hasattr(results, "columns") and hasattr(results, "groupby")):
         raise ValueError(
-            f"results must be the pandas DataFrame returned by mmkd_utils.retrieval.search, "
+            f"results must be the pandas DataFrame returned by mmkd_utils.tasks.retrieval.search, "
             f"got {type(results).__name__}."
         )
     if not isinstance(title_column, str):
@@ -1177,7 +1177,7 @@ def plot_gallery(
         raise ValueError(
             f"results is missing the column(s) {', '.join(map(repr, missing))}; it has "
             f"{[str(c) for c in results.columns]}. Pass the DataFrame from "
-            f"mmkd_utils.retrieval.search (columns query, rank, path, score, optional "
+            f"mmkd_utils.tasks.retrieval.search (columns query, rank, path, score, optional "
             f"label)" + (", or set title_column." if title_column in missing else ".")
         )
     if len(results) == 0:
@@ -1248,18 +1248,18 @@ __all__ += [
 
 
 def plot_probe_curve(*args: Any, **kwargs: Any) -> Figure:
-    """Plot linear-probe accuracy against shots per class (see ``mmkd_utils.probe``).
+    """Plot linear-probe accuracy against shots per class (see ``mmkd_utils.tasks.probe``).
 
-    A lazy re-export of :func:`mmkd_utils.probe.plot_probe_curve` (imported on the first
+    A lazy re-export of :func:`mmkd_utils.tasks.probe.plot_probe_curve` (imported on the first
     call, so importing this module does not import the probe code). Introduced in
     ``notebooks/05_retrieval_and_linear_probe.ipynb``.
 
     Example:
-        >>> from mmkd_utils.probe import linear_probe  # doctest: +SKIP
+        >>> from mmkd_utils.tasks.probe import linear_probe  # doctest: +SKIP
         >>> result = linear_probe(train_x, train_y, test_x, test_y)  # doctest: +SKIP
         >>> fig = plot_probe_curve(result, zero_shot_accuracy=0.71)  # doctest: +SKIP
     """
-    from .probe import plot_probe_curve as _plot_probe_curve
+    from mmkd_utils.tasks.probe import plot_probe_curve as _plot_probe_curve
 
     return _plot_probe_curve(*args, **kwargs)
 
@@ -1271,16 +1271,16 @@ __all__ += ["plot_probe_curve"]
 
 
 def plot_model_comparison(*args: Any, **kwargs: Any) -> Figure:
-    """Grouped bars of several models' probabilities (see ``mmkd_utils.compare``).
+    """Grouped bars of several models' probabilities (see ``mmkd_utils.tasks.compare``).
 
-    A lazy re-export of :func:`mmkd_utils.compare.plot_model_comparison` (imported on the
+    A lazy re-export of :func:`mmkd_utils.tasks.compare.plot_model_comparison` (imported on the
     first call). Introduced in ``notebooks/07_compare_models.ipynb``.
 
     Example:
         >>> table = compare_models(models, images, prompts)  # doctest: +SKIP
         >>> fig = plot_model_comparison(table, image="xray.png")  # doctest: +SKIP
     """
-    from .compare import plot_model_comparison as _plot_model_comparison
+    from mmkd_utils.tasks.compare import plot_model_comparison as _plot_model_comparison
 
     return _plot_model_comparison(*args, **kwargs)
 

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from mmkd_utils.errors import SamplesNotFoundError, SampleSourceError, UnknownModalityError
-from mmkd_utils.images import open_image, to_rgb
+from mmkd_utils.images.decode import open_image, to_rgb
 
 #: Longest side of a sample PNG; larger sources are downscaled (Lanczos, aspect kept).
 MAX_SIDE = 512
@@ -61,8 +61,8 @@ class Sample:
 
     ``module`` is the import name of the installed package folder that holds
     ``original`` (``pydicom-data`` installs the folder ``data_store``). ``reader`` is
-    ``"dicom"`` (:func:`mmkd_utils.medical.load_image` with ``window``: a name from
-    :data:`mmkd_utils.medical.WINDOWS`, ``(centre, width)``, or None for the file's
+    ``"dicom"`` (:func:`mmkd_utils.images.medical.load_image` with ``window``: a name from
+    :data:`mmkd_utils.images.medical.WINDOWS`, ``(centre, width)``, or None for the file's
     own), ``"image"`` (a JPEG or PNG file) or ``"raw_be_u16"`` (headerless gzip'ed
     big-endian uint16). ``conversion`` says in words how the PNG was made.
 
@@ -255,7 +255,7 @@ SAMPLES: tuple[Sample, ...] = (
         conversion=(
             "Headerless 256×256 big-endian uint16 (gzip), read with numpy `>u2` and "
             "stretched from its own minimum and maximum to 0..255 by "
-            "`mmkd_utils.images.to_rgb`. 256×256."
+            "`mmkd_utils.images.decode.to_rgb`. 256×256."
         ),
     ),
     Sample(
@@ -472,7 +472,7 @@ def render_sample(sample: Sample) -> Image.Image:
             f"`{INSTALL_COMMAND}`."
         )
     if sample.reader == "dicom":
-        from mmkd_utils.medical import load_image
+        from mmkd_utils.images.medical import load_image
 
         img = load_image(path, window=sample.window)
     elif sample.reader == "image":
@@ -611,7 +611,7 @@ def credits_markdown() -> str:
         "",
         f"Every image is 8-bit RGB with its longest side at most {MAX_SIDE} px (larger",
         "sources are downscaled with Pillow's Lanczos filter, keeping the aspect ratio).",
-        "DICOM files are converted with `mmkd_utils.medical.load_image` (rescale",
+        "DICOM files are converted with `mmkd_utils.images.medical.load_image` (rescale",
         "slope/intercept, window, MONOCHROME1 inversion, colour kept); the window used",
         "for each is listed below. The SHA-256 is that of the original file; the rebuild",
         "refuses a source file with any other content.",

@@ -28,7 +28,7 @@ Checked cells: notebooks are committed without outputs, and nbval compares only 
 that carry a reference output. A cell marked ``# NBVAL_CHECK_OUTPUT`` therefore keeps
 its expected standard output in its metadata (``"mmkd_expected_output"``), which the
 hook below hands to nbval as the reference. Only weight-independent output (file names,
-counts, labels) is checked. ``python notebooks/update_expected_outputs.py`` refreshes
+counts, labels) is checked. ``python tools/update_expected_outputs.py`` refreshes
 that metadata after a deliberate change.
 
 To run the notebooks against the real weights instead, set ``MMKD_NOTEBOOK_REAL=1``:

@@ -25,10 +25,10 @@ from mmkd_utils import (
     load_model,
 )
 from mmkd_utils import download as dl
+from mmkd_utils.config import default_checkpoint_path
 from mmkd_utils.demo import DEMO_IMAGE_NAMES, demo_image_dir, demo_images
 from mmkd_utils.download import download_checkpoint, download_url, part_path
-from mmkd_utils.loading import converted_folder
-from mmkd_utils.paths import default_checkpoint_path
+from mmkd_utils.model.loading import converted_folder
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 77)
 
@@ -172,7 +172,7 @@ def test_demo_images_where_no_lock_file_can_be_created(stand_in_demo, monkeypatc
 def test_embeddings_in_a_read_only_cache(tiny_model, tmp_path, monkeypatch):
     from PIL import Image
 
-    import mmkd_utils.embeddings as emb
+    import mmkd_utils.tasks.embeddings as emb
 
     root = tmp_path / "data"
     root.mkdir()
@@ -209,7 +209,7 @@ def test_failed_loads_never_delete_a_good_converted_copy(tmp_path, monkeypatch, 
 
     # The cached copy cannot be read for a reason outside it (here: the text config):
     # the rebuild fails the same way, and the copy is put back, not deleted.
-    import mmkd_utils.loading as loading
+    import mmkd_utils.model.loading as loading
 
     def broken(source):
         raise TextEncoderError(f"cannot read {source}")
@@ -280,7 +280,7 @@ def test_two_processes_convert_the_same_checkpoint(tmp_path, monkeypatch, refere
 def drive(server, monkeypatch):
     """The released weights' URL served by the local server (the tiny checkpoint)."""
     server.set("/MMKD_B16.pth", CHECKPOINT_BYTES)
-    monkeypatch.setattr("mmkd_utils.paths.DRIVE_URL", server.url("/MMKD_B16.pth"))
+    monkeypatch.setattr("mmkd_utils.config.DRIVE_URL", server.url("/MMKD_B16.pth"))
     return server
 
 
@@ -312,7 +312,7 @@ def test_corrupt_cached_checkpoint_is_set_aside_and_fetched_again(drive, referen
 
 
 def test_corrupt_cached_checkpoint_offline_keeps_the_file(monkeypatch):
-    monkeypatch.setattr("mmkd_utils.paths.DRIVE_URL", dead_url("/MMKD_B16.pth"))
+    monkeypatch.setattr("mmkd_utils.config.DRIVE_URL", dead_url("/MMKD_B16.pth"))
     path, bad = _corrupt_default()
     with pytest.warns(UserWarning, match="is corrupt"), pytest.raises(DownloadError) as info:
         load_model(text_encoder=TINY_TEXT, device="cpu")

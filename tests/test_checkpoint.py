@@ -15,7 +15,7 @@ from support import TINY, TINY_CHECKPOINT, TINY_TEXT
 from transformers import BertConfig
 
 from mmkd_utils import CheckpointError, TextEncoderError, load_model
-from mmkd_utils.checkpoint import (
+from mmkd_utils.model.checkpoint import (
     check_keys,
     model_config_from_state_dict,
     normalize_state_dict,
@@ -23,7 +23,7 @@ from mmkd_utils.checkpoint import (
     text_shapes_from_state_dict,
     to_open_clip_keys,
 )
-from mmkd_utils.loading import _build_and_assign
+from mmkd_utils.model.loading import _build_and_assign
 
 SHAPES_FILE = Path(__file__).parent / "data" / "mmkd_b16_state_dict_shapes.json"
 

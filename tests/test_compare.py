@@ -8,9 +8,10 @@ import torch
 from matplotlib.figure import Figure
 from support import TINY, TINY_TEXT, unimed_bytes, write_biomedclip_stand_in
 
-from mmkd_utils import compare_models, load_model, registry
-from mmkd_utils.compare import model_columns, plot_model_comparison, summarize_comparison
+import mmkd_utils.model.registry as registry
+from mmkd_utils import compare_models, load_model
 from mmkd_utils.errors import PromptError
+from mmkd_utils.tasks.compare import model_columns, plot_model_comparison, summarize_comparison
 
 IMAGES = sorted((TINY / "images").iterdir())[:4]
 PROMPTS = ["A chest X-ray.", "An MRI scan of the brain.", "A fundus photograph."]

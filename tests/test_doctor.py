@@ -16,10 +16,10 @@ import torch
 from support import CHECKPOINT_BYTES, HTML_PAGE, SHARED_DEMO, TINY_CHECKPOINT, TINY_TEXT, dead_url
 
 import mmkd_utils
-from mmkd_utils import paths
+import mmkd_utils.config as paths
 from mmkd_utils.cli import build_parser, main
 from mmkd_utils.demo import DEMO_IMAGE_NAMES, demo_image_dir
-from mmkd_utils.diagnostics import (
+from mmkd_utils.doctor import (
     PACKAGES,
     SECTIONS,
     STATUSES,
@@ -40,7 +40,7 @@ from mmkd_utils.diagnostics import (
     matching_torchvision,
 )
 
-doc = importlib.import_module("mmkd_utils.diagnostics")
+doc = importlib.import_module("mmkd_utils.doctor")
 
 NETWORK_NAMES = ("huggingface.co", "drive.google.com", "raw.githubusercontent.com")
 OFFLINE_README = "README 'Offline machines'"
@@ -383,7 +383,7 @@ def test_converted_copy_detected_after_load_model(monkeypatch):
     assert before.status == "OK" and "none yet" in before.detail
 
     mmkd_utils.load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
-    from mmkd_utils.loading import WEIGHTS_NAME, converted_folder
+    from mmkd_utils.model.loading import WEIGHTS_NAME, converted_folder
 
     folder = converted_folder(TINY_CHECKPOINT, str(TINY_TEXT))
     after = check_converted_copy()

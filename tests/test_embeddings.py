@@ -1,4 +1,4 @@
-"""Tests for :mod:`mmkd_utils.embeddings` (embed_folder and its on-disk cache)."""
+"""Tests for :mod:`mmkd_utils.tasks.embeddings` (embed_folder and its on-disk cache)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import mmkd_utils
-import mmkd_utils.embeddings as emb_mod
+import mmkd_utils.tasks.embeddings as emb_mod
 from mmkd_utils import FolderEmbeddings, ImageLoadError, MMKDError, SkippedImagesWarning
-from mmkd_utils.embeddings import cache_folder, default_num_workers, embed_folder
-from mmkd_utils.loading import MMKDModel
+from mmkd_utils.model.loading import MMKDModel
+from mmkd_utils.tasks.embeddings import cache_folder, default_num_workers, embed_folder
 
 # --------------------------------------------------------------------------- helpers
 
@@ -133,7 +133,7 @@ def test_warm_run_decodes_nothing_and_runs_no_forward_pass(tiny_model, tmp_path,
     cold = embed_folder(tiny_model, root, batch_size=4, num_workers=0)
     assert spy == {"decode": 6, "forward": 2, "rows": 6}
     assert len(entries(tiny_model)) == 6
-    assert cache_folder(tiny_model).parent == mmkd_utils.paths.cache_dir() / "embeddings"
+    assert cache_folder(tiny_model).parent == mmkd_utils.config.cache_dir() / "embeddings"
 
     reset(spy)
     warm = embed_folder(tiny_model, root, batch_size=4, num_workers=0)
@@ -242,7 +242,7 @@ def test_unwritable_cache_warns_and_gives_correct_results(tiny_model, tmp_path, 
 
 def test_cache_false_and_cache_folder(tiny_model, tmp_path, spy):
     root = make_folder(tmp_path / "data", {"a": 2})
-    home = mmkd_utils.paths.cache_dir()
+    home = mmkd_utils.config.cache_dir()
     for _ in range(2):
         assert embed_folder(tiny_model, root, num_workers=0, cache=False).from_cache == 0
     assert spy["decode"] == 4

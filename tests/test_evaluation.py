@@ -1,4 +1,4 @@
-"""Tests for :mod:`mmkd_utils.evaluation` (evaluate_folder) and plot_confusion_matrix."""
+"""Tests for :mod:`mmkd_utils.tasks.evaluation` (evaluate_folder) and plot_confusion_matrix."""
 
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ from sklearn.metrics import (
 
 from mmkd_utils import ImageLoadError, MMKDError, PromptError, SkippedImagesWarning
 from mmkd_utils import evaluate_folder as exported
-from mmkd_utils.classifier import ZeroShotClassifier
-from mmkd_utils.evaluation import (
+from mmkd_utils.model.classifier import ZeroShotClassifier
+from mmkd_utils.plotting import plot_confusion_matrix
+from mmkd_utils.tasks.evaluation import (
     EvaluationError,
     EvaluationResult,
     evaluate_folder,
     list_images,
     match_folders,
 )
-from mmkd_utils.plotting import plot_confusion_matrix
 
 matplotlib.use("Agg")  # headless; only the tests pick a backend, never the package
 

@@ -1,4 +1,4 @@
-"""The interactive demo's logic (mmkd_utils.interactive), driven without a browser.
+"""The interactive demo's logic (mmkd_utils.widgets), driven without a browser.
 
 The widgets are driven the way a browser would: by setting ``.value``. Uploads use the
 structure ipywidgets 8 itself builds from what the browser sends.
@@ -27,7 +27,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from mmkd_utils.demo import DEMO_PROMPTS
 from mmkd_utils.errors import DownloadError, ImageLoadError, MMKDError, PromptError
-from mmkd_utils.interactive import (
+from mmkd_utils.images.medical import WINDOWS, load_image
+from mmkd_utils.samples import sample_images
+from mmkd_utils.widgets import (
     DEFAULT_TOP_K,
     MAX_FILE_NAME,
     NO_WINDOW,
@@ -40,8 +42,6 @@ from mmkd_utils.interactive import (
     safe_file_name,
     save_upload,
 )
-from mmkd_utils.medical import WINDOWS, load_image
-from mmkd_utils.samples import sample_images
 
 matplotlib.use("Agg")  # headless; only the tests pick a backend, never the package
 
@@ -587,7 +587,7 @@ def test_importing_the_module_stays_light():
     import sys
 
     code = (
-        "import sys, mmkd_utils.interactive; "
+        "import sys, mmkd_utils.widgets; "
         "print(sorted(m for m in ('ipywidgets', 'pandas', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

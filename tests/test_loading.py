@@ -21,8 +21,8 @@ from mmkd_utils import (
     TextEncoderError,
     load_model,
 )
-from mmkd_utils.device import resolve_device, resolve_precision
-from mmkd_utils.loading import converted_folder
+from mmkd_utils.model.device import resolve_device, resolve_precision
+from mmkd_utils.model.loading import converted_folder
 from mmkd_utils.prompts import check_prompts
 
 
@@ -132,11 +132,11 @@ def test_missing_environment_checkpoint(monkeypatch, tmp_path):
 
 def test_no_weights_and_no_network_says_where_to_put_them(monkeypatch):
     """With nothing cached, load_model downloads; offline that fails with a clear message."""
-    monkeypatch.setattr("mmkd_utils.paths.DRIVE_URL", "http://127.0.0.1:9/MMKD_B16.pth")
+    monkeypatch.setattr("mmkd_utils.config.DRIVE_URL", "http://127.0.0.1:9/MMKD_B16.pth")
     monkeypatch.setattr(
         "mmkd_utils.download.paths.DRIVE_URL", "http://127.0.0.1:9/MMKD_B16.pth", raising=False
     )
-    from mmkd_utils.paths import default_checkpoint_path
+    from mmkd_utils.config import default_checkpoint_path
 
     with pytest.raises(DownloadError) as err:
         load_model(text_encoder=TINY_TEXT, device="cpu")
@@ -244,7 +244,7 @@ def test_fingerprint_identifies_the_weights(tiny_model, tmp_path):
 
 
 def test_auto_image_batch_size(monkeypatch):
-    from mmkd_utils.device import BYTES_PER_IMAGE, auto_image_batch_size
+    from mmkd_utils.model.device import BYTES_PER_IMAGE, auto_image_batch_size
 
     assert auto_image_batch_size(torch.device("cpu")) == 32
     assert auto_image_batch_size(torch.device("mps")) == 32
@@ -258,7 +258,7 @@ def test_auto_image_batch_size(monkeypatch):
 
 
 def test_cuda_transfers_go_through_pinned_memory():
-    from mmkd_utils.device import to_device
+    from mmkd_utils.model.device import to_device
 
     calls = []
 
@@ -289,7 +289,7 @@ def test_default_batch_size_comes_from_the_device(tiny_model):
 
 
 def test_preprocess_threads_one_per_core_at_most_eight(monkeypatch):
-    import mmkd_utils.device as device
+    import mmkd_utils.model.device as device
 
     assert device.preprocess_threads(cpus=2) == 2
     assert device.preprocess_threads(cpus=1) == 1
@@ -301,7 +301,7 @@ def test_preprocess_threads_one_per_core_at_most_eight(monkeypatch):
 def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
     import os
 
-    from mmkd_utils.device import usable_cpus
+    from mmkd_utils.model.device import usable_cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert usable_cpus() == 3
@@ -328,8 +328,8 @@ def test_threads_give_the_same_pixels_as_one_by_one(tiny_model):
     import itertools
     import threading
 
-    from mmkd_utils.images import to_rgb
-    from mmkd_utils.loading import _prepare_images
+    from mmkd_utils.images.decode import to_rgb
+    from mmkd_utils.model.loading import _prepare_images
 
     images = _demo_like_images()
     meet = threading.Barrier(2, timeout=10)  # passes only if two images are prepared at once
@@ -352,8 +352,8 @@ def test_threads_give_the_same_pixels_as_one_by_one(tiny_model):
 
 
 def test_encode_images_with_threads_equals_encode_pixels(tiny_model, monkeypatch):
-    import mmkd_utils.loading as loading
-    from mmkd_utils.images import to_rgb
+    import mmkd_utils.model.loading as loading
+    from mmkd_utils.images.decode import to_rgb
 
     images = _demo_like_images()
     pixels = torch.stack([tiny_model.preprocess(to_rgb(img)) for img in images])
@@ -378,7 +378,7 @@ def test_first_bad_image_in_order_is_raised_even_if_a_later_one_fails_first(monk
 
     import numpy as np
 
-    import mmkd_utils.loading as loading
+    import mmkd_utils.model.loading as loading
 
     real_to_rgb = loading.to_rgb
 
@@ -405,7 +405,7 @@ def test_images_not_started_are_not_decoded_after_an_error(monkeypatch):
 
     import numpy as np
 
-    import mmkd_utils.loading as loading
+    import mmkd_utils.model.loading as loading
 
     started, finished = [], []
     good_started, release = threading.Event(), threading.Event()
@@ -442,7 +442,7 @@ def test_images_not_started_are_not_decoded_after_an_error(monkeypatch):
 def test_an_image_listed_twice_is_prepared_once(tiny_model, tmp_path):
     from PIL import Image
 
-    from mmkd_utils.loading import _prepare_images
+    from mmkd_utils.model.loading import _prepare_images
 
     path = tmp_path / "lazy.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(path)

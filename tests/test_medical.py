@@ -22,7 +22,7 @@ from pydicom.uid import (
 )
 
 from mmkd_utils import ImageLoadError, load_image, to_rgb
-from mmkd_utils.medical import WINDOWS, window_bounds
+from mmkd_utils.images.medical import WINDOWS, window_bounds
 
 PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
 

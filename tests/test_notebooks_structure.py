@@ -290,7 +290,7 @@ def test_checked_cells_carry_their_expected_output(path):
         expected = cell.metadata.get("mmkd_expected_output")
         assert isinstance(expected, str) and expected.strip(), (
             f"{_rel(path)} cell {index}: marked for output checking but has no "
-            "'mmkd_expected_output' metadata; run python notebooks/update_expected_outputs.py"
+            "'mmkd_expected_output' metadata; run python tools/update_expected_outputs.py"
         )
 
 

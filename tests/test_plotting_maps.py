@@ -442,7 +442,7 @@ def test_bad_heatmap_input_raises_naming_the_argument(pairs, kwargs, error, matc
 
 
 def results_table(n_queries: int = 2, k: int = 3, label: bool = True) -> pd.DataFrame:
-    """A table shaped like mmkd_utils.retrieval.search output, images as arrays."""
+    """A table shaped like mmkd_utils.tasks.retrieval.search output, images as arrays."""
     rng = np.random.default_rng(3)
     rows = []
     for q in range(n_queries):
@@ -506,7 +506,7 @@ def test_gallery_loads_file_paths_and_uses_title_column(tmp_path):
 
 
 def test_gallery_accepts_the_output_of_retrieval_search(tmp_path):
-    retrieval = pytest.importorskip("mmkd_utils.retrieval")
+    retrieval = pytest.importorskip("mmkd_utils.tasks.retrieval")
     paths = []
     for i in range(4):
         path = tmp_path / f"img{i}.png"
@@ -550,7 +550,7 @@ def test_bad_gallery_input_raises_naming_the_argument(results, kwargs, error, ma
 
 
 def test_probe_curve_is_re_exported_lazily(monkeypatch):
-    probe = pytest.importorskip("mmkd_utils.probe")
+    probe = pytest.importorskip("mmkd_utils.tasks.probe")
     calls = []
     monkeypatch.setattr(probe, "plot_probe_curve", lambda *a, **k: calls.append((a, k)) or "fig")
     assert plotting.plot_probe_curve("result", zero_shot_accuracy=0.5) == "fig"
@@ -574,7 +574,7 @@ def test_new_plots_do_not_import_pyplot_or_umap():
 
 
 def test_probe_curve_re_export_draws_a_real_probe_result():
-    probe = pytest.importorskip("mmkd_utils.probe")
+    probe = pytest.importorskip("mmkd_utils.tasks.probe")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 8))
     y = np.array(["benign", "malignant"] * 20)

@@ -1,4 +1,4 @@
-"""Tests for :mod:`mmkd_utils.probe`: linear_probe, sample_shots and plot_probe_curve."""
+"""Tests for :mod:`mmkd_utils.tasks.probe`: linear_probe, sample_shots and plot_probe_curve."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from mmkd_utils import MMKDError
 from mmkd_utils import linear_probe as exported
-from mmkd_utils.probe import (
+from mmkd_utils.tasks.probe import (
     DEFAULT_C,
     SUMMARY_COLUMNS,
     TABLE_COLUMNS,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from support import TINY
 
 from mmkd_utils import PromptError
-from mmkd_utils.classifier import class_prompts
+from mmkd_utils.model.classifier import class_prompts
 from mmkd_utils.prompts import (
     MODALITY_TEMPLATES,
     BankError,
@@ -198,7 +198,7 @@ def test_modality_task_has_one_class_per_modality():
 
 def test_banks_are_cached_and_not_read_at_import():
     code = (
-        "import mmkd_utils.classifier, mmkd_utils.prompts as p\n"
+        "import mmkd_utils.model.classifier, mmkd_utils.prompts as p\n"
         "assert p.banks._builtin_banks.cache_info().currsize == 0\n"
         "p.list_tasks()\n"
         "assert p.banks._builtin_banks.cache_info().currsize == 1\n"

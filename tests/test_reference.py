@@ -13,7 +13,7 @@ from support import TINY, TINY_CHECKPOINT, TINY_TEXT
 
 import mmkd_utils
 from mmkd_utils import load_model
-from mmkd_utils.loading import converted_folder
+from mmkd_utils.model.loading import converted_folder
 
 TOL = 1e-5
 # The reference resizes before converting to RGB; for a palette image that resizes the
@@ -56,7 +56,7 @@ def test_load_from_converted_cache_matches_reference(tiny_model, reference, monk
     def refuse(*args, **kwargs):
         raise AssertionError("the .pth was read although a converted copy exists")
 
-    monkeypatch.setattr("mmkd_utils.loading.read_checkpoint", refuse)
+    monkeypatch.setattr("mmkd_utils.model.loading.read_checkpoint", refuse)
     second = load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
     buffers = dict(second.model.named_buffers())
     assert all(b.device.type == "cpu" for b in buffers.values())

@@ -18,9 +18,11 @@ import pytest
 import torch
 from support import TINY, TINY_CHECKPOINT, TINY_TEXT, Route, unimed_bytes, write_biomedclip_stand_in
 
-from mmkd_utils import MMKDModel, list_models, load_model, paths, registry
-from mmkd_utils.checkpoint import read_checkpoint
+import mmkd_utils.config as paths
+import mmkd_utils.model.registry as registry
+from mmkd_utils import MMKDModel, list_models, load_model
 from mmkd_utils.errors import CheckpointError, DownloadError, MMKDError
+from mmkd_utils.model.checkpoint import read_checkpoint
 
 IMAGES = sorted((TINY / "images").iterdir())[:3]
 PROMPTS = ["A chest X-ray.", "An MRI scan of the brain.", "A fundus photograph."]

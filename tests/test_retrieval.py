@@ -1,4 +1,4 @@
-"""Tests for :mod:`mmkd_utils.retrieval`: search and similarity_matrix."""
+"""Tests for :mod:`mmkd_utils.tasks.retrieval`: search and similarity_matrix."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from support import TINY
 
 from mmkd_utils import MMKDError
 from mmkd_utils import search as exported
-from mmkd_utils.retrieval import SEARCH_COLUMNS, RetrievalError, search, similarity_matrix
+from mmkd_utils.tasks.retrieval import SEARCH_COLUMNS, RetrievalError, search, similarity_matrix
 
 IMAGES = sorted((TINY / "images").iterdir())
 TEXTS = ["A chest X-ray.", "A fundus photograph.", "A histopathology slide."]

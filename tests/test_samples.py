@@ -34,7 +34,7 @@ IMGS = ROOT / "imgs"
 
 def _missing_sources() -> list[str]:
     """Source packages (and the DICOM converter) that are not importable here."""
-    modules = sorted({s.module for s in SAMPLES}) + ["mmkd_utils.medical"]
+    modules = sorted({s.module for s in SAMPLES}) + ["mmkd_utils.images.medical"]
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 

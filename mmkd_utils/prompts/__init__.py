@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..errors import PromptError
-from .banks import (
+from mmkd_utils.errors import PromptError
+from mmkd_utils.prompts.banks import (
     MODALITY_TASK,
     MODALITY_TEMPLATES,
     BankError,

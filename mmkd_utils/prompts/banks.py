@@ -55,7 +55,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import BankError, PromptError
+from mmkd_utils.errors import BankError, PromptError
 
 #: Name of the modality-identification task.
 MODALITY_TASK = "modality"
@@ -115,7 +115,9 @@ class Task:
             >>> get_task("rsna_pneumonia").prompts("pneumonia")[0]
             'Chest X-ray: pneumonia.'
         """
-        from ..classifier import class_prompts  # lazy: classifier imports this package
+        from mmkd_utils.model.classifier import (
+            class_prompts,  # lazy: classifier imports this package
+        )
 
         if class_name not in self.synonyms:
             close = difflib.get_close_matches(str(class_name), self.class_names, n=3)
@@ -284,7 +286,9 @@ def _text_list(value: Any, where: str, path: str) -> list[str]:
 
 
 def _parse_classes(value: Any, where: str, path: str) -> dict[str, tuple[str, ...]]:
-    from ..classifier import normalize_classes  # lazy: classifier imports this package
+    from mmkd_utils.model.classifier import (
+        normalize_classes,  # lazy: classifier imports this package
+    )
 
     if isinstance(value, list):
         places = [f"{where}[{i}]" for i in range(len(value))]
@@ -331,7 +335,7 @@ def _parse_classes(value: Any, where: str, path: str) -> dict[str, tuple[str, ..
 
 
 def _parse_templates(value: Any, where: str, path: str) -> tuple[str, ...]:
-    from ..classifier import check_templates  # lazy: classifier imports this package
+    from mmkd_utils.model.classifier import check_templates  # lazy: classifier imports this package
 
     if isinstance(value, str) or not isinstance(value, list):
         raise _error(path, where, f"expected a list of templates, found {_describe(value)}.")
@@ -460,7 +464,9 @@ def _builtin_banks() -> tuple[_Bank, ...]:
 
 @functools.lru_cache(maxsize=1)
 def _modality_task() -> Task:
-    from ..classifier import normalize_classes  # lazy: classifier imports this package
+    from mmkd_utils.model.classifier import (
+        normalize_classes,  # lazy: classifier imports this package
+    )
 
     banks = _builtin_banks()
     synonyms = normalize_classes({b.modality: [*b.names, b.description] for b in banks})

@@ -20,7 +20,7 @@ not render on GitHub or in a saved notebook).
 Introduced in ``notebooks/06_interactive_demo.ipynb``.
 
 Example:
-    >>> from mmkd_utils.interactive import parse_prompts
+    >>> from mmkd_utils.widgets import parse_prompts
     >>> parse_prompts("A chest X-ray.\\n\\nA brain MRI.\\nA chest X-ray.")
     ['A chest X-ray.', 'A brain MRI.']
 """
@@ -39,15 +39,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .demo import DEMO_PROMPTS
-from .errors import ImageLoadError, MMKDError, PromptError
+from mmkd_utils.demo import DEMO_PROMPTS
+from mmkd_utils.errors import ImageLoadError, MMKDError, PromptError
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from .classifier import ZeroShotClassifier
-    from .loading import MMKDModel
+    from mmkd_utils.model.classifier import ZeroShotClassifier
+    from mmkd_utils.model.loading import MMKDModel
 
     #: What :func:`predict` and :func:`render` take as prompts.
     Prompts = str | Sequence[str] | ZeroShotClassifier
@@ -118,7 +118,7 @@ def parse_prompts(text: str) -> list[str]:
 
 def _prompt_list(prompts: str | Sequence[str]) -> list[str]:
     """A checked, stripped, de-duplicated prompt list from text or a list of strings."""
-    from .prompts import check_prompts
+    from mmkd_utils.prompts import check_prompts
 
     if isinstance(prompts, str):
         return parse_prompts(prompts)
@@ -127,8 +127,8 @@ def _prompt_list(prompts: str | Sequence[str]) -> list[str]:
 
 
 def _is_classifier(prompts: Any) -> bool:
-    """True for a :class:`~mmkd_utils.classifier.ZeroShotClassifier` (imported lazily)."""
-    from .classifier import ZeroShotClassifier
+    """True for a :class:`~mmkd_utils.model.classifier.ZeroShotClassifier` (imported lazily)."""
+    from mmkd_utils.model.classifier import ZeroShotClassifier
 
     return isinstance(prompts, ZeroShotClassifier)
 
@@ -296,9 +296,9 @@ def _image_name(image: Any) -> str:
 
 
 def _load(image: Any, window: str | tuple[float, float] | None) -> Any:
-    """A path through :func:`~mmkd_utils.medical.load_image` (with ``window``), else as is."""
+    """A path through :func:`~mmkd_utils.images.load_image` (with ``window``), else as is."""
     if isinstance(image, (str, os.PathLike)):
-        from .medical import load_image
+        from mmkd_utils.images.medical import load_image
 
         return load_image(image, window=window)
     if window is not None:
@@ -330,12 +330,12 @@ def predict(
     Args:
         model: a loaded model (:func:`mmkd_utils.load_model`).
         image: a file path (any image, DICOM or NIfTI file; read with
-            :func:`mmkd_utils.medical.load_image`), a PIL image or a numpy array.
+            :func:`mmkd_utils.images.medical.load_image`), a PIL image or a numpy array.
         prompts: text with one prompt per line (see :func:`parse_prompts`), a list of
             prompts (stripped, duplicates dropped), or a zero-shot classifier
             (``model.classifier(task)``: then the rows are its classes).
         top_k: keep only the ``top_k`` most likely rows; ``None`` keeps all.
-        window: DICOM and NIfTI only: a name from :data:`mmkd_utils.medical.WINDOWS`
+        window: DICOM and NIfTI only: a name from :data:`mmkd_utils.images.medical.WINDOWS`
             or ``(centre, width)``. ``load_image`` decides whether it applies: a window
             for a PNG, JPEG or colour DICOM is an error.
 
@@ -395,7 +395,7 @@ def render(
         >>> fig is None, "missing.png" in message  # doctest: +SKIP
         (True, True)
     """
-    from .plotting import plot_probability_bars
+    from mmkd_utils.plotting import plot_probability_bars
 
     if image is None:
         return None, "No image chosen: pick one from the list or upload a file."
@@ -437,8 +437,8 @@ def bundled_images(*, include_demo: bool = True) -> dict[str, Path]:
         >>> list(images)[:2]  # doctest: +SKIP
         ['xray_chest_pa.png', 'ct_head.png']
     """
-    from .demo import demo_images
-    from .samples import sample_images
+    from mmkd_utils.demo import demo_images
+    from mmkd_utils.samples import sample_images
 
     sources: list[tuple[str, Callable[[], list[Path]]]] = [("sample", sample_images)]
     if include_demo:
@@ -500,7 +500,7 @@ def build_demo(
         * ``image_picker`` (Dropdown of image names), ``upload`` (FileUpload, any file),
           ``prompts_box`` (Textarea, one prompt per line), ``top_k`` (IntSlider),
           ``window`` (Dropdown: :data:`NO_WINDOW` or a name of
-          :data:`mmkd_utils.medical.WINDOWS`; used for DICOM and NIfTI),
+          :data:`mmkd_utils.images.medical.WINDOWS`; used for DICOM and NIfTI),
           ``status`` (HTML message) and ``output`` (Output with the figure);
         * ``images`` (name → path, including uploads), ``upload_folder``;
         * ``last_figure`` (Figure or None) and ``last_message`` (str) of the last
@@ -518,7 +518,7 @@ def build_demo(
     import ipywidgets as widgets
     from traitlets import TraitError
 
-    from .medical import WINDOWS
+    from mmkd_utils.images.medical import WINDOWS
 
     prompt_list = list(prompts)
     n_prompts = max(1, len(prompt_list))

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ProbeError
+from mmkd_utils.errors import ProbeError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -489,7 +489,7 @@ def plot_probe_curve(
     shots = list(summary["shots"])
     xs = _shot_positions(shots)
     if ax is None:
-        from .plotting import _NotebookFigure
+        from mmkd_utils.plotting import _NotebookFigure
 
         fig: Figure = _NotebookFigure(figsize=(6.0, 4.0), layout="constrained")
         ax = fig.add_subplot()

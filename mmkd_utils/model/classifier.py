@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import PromptError
-from .prompts import check_prompts
+from mmkd_utils.errors import PromptError
+from mmkd_utils.prompts import check_prompts
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Introduced in ``notebooks/01_quickstart.ipynb``.
 
 Example:
     >>> import numpy as np
-    >>> from mmkd_utils.images import to_rgb
+    >>> from mmkd_utils.images.decode import to_rgb
     >>> img = to_rgb(np.arange(0, 4096, dtype=np.uint16).reshape(64, 64))
     >>> img.mode, img.getextrema()[0]
     ('RGB', (0, 255))
@@ -25,7 +25,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from mmkd_utils.errors import ImageLoadError
 
 #: What the package accepts as one image (``bytes`` is a file name, as ``os.fsencode`` gives).
 ImageInput = Union[str, bytes, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias)
@@ -211,7 +211,7 @@ def to_rgb(image: ImageInput) -> Image.Image:
 
     Modes L, LA, P, RGB, RGBA, CMYK and the like are converted by Pillow (alpha is
     dropped, as in the published demo); I;16, I and F images are rescaled to the full
-    8-bit range. Paths go through :func:`mmkd_utils.medical.load_image` with its default
+    8-bit range. Paths go through :func:`mmkd_utils.images.medical.load_image` with its default
     arguments, so DICOM and NIfTI files work too.
 
     Example:
@@ -220,7 +220,9 @@ def to_rgb(image: ImageInput) -> Image.Image:
         'RGB'
     """
     if isinstance(image, (str, bytes, os.PathLike)):
-        from .medical import load_image  # here, not at the top: medical imports this module
+        from mmkd_utils.images.medical import (
+            load_image,  # here, not at the top: medical imports this module
+        )
 
         return load_image(image)
     if isinstance(image, np.ndarray):

@@ -1,7 +1,7 @@
 """Search a set of image embeddings with texts, images or embeddings: cosine top-k.
 
 :func:`search` ranks the rows of an *index* (the embeddings of an image folder, e.g. from
-:func:`mmkd_utils.embeddings.embed_folder`, or any ``[N, D]`` tensor or array) by their
+:func:`mmkd_utils.tasks.embeddings.embed_folder`, or any ``[N, D]`` tensor or array) by their
 cosine similarity to each query and returns the ``k`` best per query as one table.
 Queries are texts (text-to-image search), images (image-to-image search) or ready
 embeddings. :func:`similarity_matrix` gives the full cosine matrix behind it.
@@ -13,7 +13,7 @@ Introduced in ``notebooks/05_retrieval_and_linear_probe.ipynb``.
 
 Example:
     >>> from mmkd_utils import load_model, search
-    >>> from mmkd_utils.embeddings import embed_folder
+    >>> from mmkd_utils.tasks.embeddings import embed_folder
     >>> clip = load_model()  # doctest: +SKIP
     >>> index = embed_folder(clip, "data/chest")  # doctest: +SKIP
     >>> search(["A chest X-ray with pneumonia."], index, k=3, model=clip)  # doctest: +SKIP
@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import RetrievalError
-from .evaluation import IMAGE_SUFFIXES
+from mmkd_utils.errors import RetrievalError
+from mmkd_utils.tasks.evaluation import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .loading import MMKDModel
+    from mmkd_utils.model.loading import MMKDModel
 
 #: Columns of the table :func:`search` returns (``label`` is added when the index has labels).
 SEARCH_COLUMNS = ("query", "rank", "path", "score")
@@ -306,7 +306,7 @@ def search(
         index: What to search in: an ``embed_folder`` result (anything with ``.paths``
             and ``.embeddings``, and optionally ``.labels``) or a tensor/array [N, D].
         k: Results per query, at least 1; more than N gives all N (no error).
-        model: The :class:`~mmkd_utils.loading.MMKDModel` that embedded the index;
+        model: The :class:`~mmkd_utils.model.loading.MMKDModel` that embedded the index;
             needed for text and image queries.
         paths: One name per row of a tensor/array index; without it the ``path`` column
             holds the row numbers 0..N-1.

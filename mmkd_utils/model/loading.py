@@ -34,25 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import paths
-from .checkpoint import (
-    check_keys,
-    check_text_config,
-    model_config_from_state_dict,
-    read_checkpoint,
-    text_shapes_from_state_dict,
-    to_open_clip_keys,
-)
-from .classifier import ZeroShotClassifier, build_classifier
-from .device import (
-    auto_image_batch_size,
-    autocast_dtype,
-    preprocess_threads,
-    resolve_device,
-    resolve_precision,
-    to_device,
-)
-from .errors import (
+import mmkd_utils.config as paths
+from mmkd_utils.errors import (
     CheckpointError,
     ImageLoadError,
     PrecisionFallbackWarning,
@@ -60,8 +43,25 @@ from .errors import (
     SkippedImagesWarning,
     TextEncoderError,
 )
-from .images import ImageInput, to_rgb
-from .prompts import check_prompts
+from mmkd_utils.images.decode import ImageInput, to_rgb
+from mmkd_utils.model.checkpoint import (
+    check_keys,
+    check_text_config,
+    model_config_from_state_dict,
+    read_checkpoint,
+    text_shapes_from_state_dict,
+    to_open_clip_keys,
+)
+from mmkd_utils.model.classifier import ZeroShotClassifier, build_classifier
+from mmkd_utils.model.device import (
+    auto_image_batch_size,
+    autocast_dtype,
+    preprocess_threads,
+    resolve_device,
+    resolve_precision,
+    to_device,
+)
+from mmkd_utils.prompts import check_prompts
 
 #: open_clip's names of the converted copy's files.
 CONFIG_NAME = "open_clip_config.json"
@@ -194,10 +194,10 @@ class MMKDModel:
     ) -> torch.Tensor:
         """Embed images (paths, PIL or numpy): float32 CPU tensor [N, D], L2-normalised.
 
-        Each image is converted to RGB first (:func:`mmkd_utils.images.to_rgb`), so
+        Each image is converted to RGB first (:func:`mmkd_utils.images.decode.to_rgb`), so
         16-bit and float images are rescaled, not clipped. The images of a batch are
         decoded and preprocessed on several threads (one per core, see
-        :func:`~mmkd_utils.device.preprocess_threads`), with the same pixels as one by
+        :func:`~mmkd_utils.model.device.preprocess_threads`), with the same pixels as one by
         one. ``on_error="skip"`` leaves out images that cannot be read and reports each
         with its reason in one :class:`~mmkd_utils.errors.SkippedImagesWarning` (whose
         ``failures`` give the indices); the rows returned are those of the images that
@@ -331,7 +331,7 @@ class MMKDModel:
         """
         name = None
         if isinstance(classes, str):
-            from .prompts import get_task
+            from mmkd_utils.prompts import get_task
 
             task = get_task(classes)
             name, classes = task.name, task.synonyms
@@ -360,7 +360,7 @@ class MMKDModel:
         """Probabilities [N, M] = softmax(exp(logit_scale) · image · textᵀ), as the published demo.
 
         Row i says how strongly image i matches each prompt (or each class of a
-        :class:`~mmkd_utils.classifier.ZeroShotClassifier`); each row sums to 1.
+        :class:`~mmkd_utils.model.classifier.ZeroShotClassifier`); each row sums to 1.
         ``on_error="skip"`` works as in :meth:`encode_images`.
 
         Example:
@@ -707,7 +707,7 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[Path, boo
         default = paths.default_checkpoint_path()
         if default.is_file():
             return default, True
-        from .download import download_checkpoint
+        from mmkd_utils.download import download_checkpoint
 
         return download_checkpoint(default), True
     path = Path(checkpoint).expanduser()
@@ -723,10 +723,10 @@ def _read_or_refetch(path: Path, refetch: bool) -> tuple[dict[str, torch.Tensor]
     """Read the checkpoint; a corrupt default download is set aside and downloaded again.
 
     With ``refetch`` (the default cached file only), a file that fails
-    :func:`~mmkd_utils.checkpoint.read_checkpoint` is renamed ``<name>.corrupt`` (kept,
+    :func:`~mmkd_utils.model.checkpoint.read_checkpoint` is renamed ``<name>.corrupt`` (kept,
     never deleted) and fetched again with :func:`~mmkd_utils.download.download_checkpoint`.
     """
-    from .download import download_checkpoint, file_identity, set_aside
+    from mmkd_utils.download import download_checkpoint, file_identity, set_aside
 
     seen = file_identity(path)
     try:
@@ -774,7 +774,7 @@ def load_model(
         >>> clip
         MMKDModel(source='.../MMKD_B16.pth', device='cpu', precision='fp32', embed_dim=512)
     """
-    from . import registry  # a model name ("unimed-clip-b16", ...): see list_models()
+    import mmkd_utils.model.registry as registry  # a model name: see list_models()
 
     if registry.is_model_name(checkpoint):
         kwargs = {"text_encoder": text_encoder, "device": device, "precision": precision}

@@ -40,21 +40,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .classifier import ZeroShotClassifier
-from .errors import (
+from mmkd_utils.errors import (
     EvaluationError,
     ImageLoadError,
     PromptError,
     SkippedImagesWarning,
 )
-from .loading import DEFAULT_IMAGE_BATCH, _check_batch_size
+from mmkd_utils.model.classifier import ZeroShotClassifier
+from mmkd_utils.model.loading import DEFAULT_IMAGE_BATCH, _check_batch_size
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .loading import MMKDModel
+    from mmkd_utils.model.loading import MMKDModel
 
-#: File name endings of the images :func:`mmkd_utils.medical.load_image` reads.
+#: File name endings of the images :func:`mmkd_utils.images.medical.load_image` reads.
 IMAGE_SUFFIXES = (
     ".png",
     ".jpg",
@@ -486,13 +486,13 @@ def evaluate_folder(
     """Zero-shot classify every image under ``root`` (one sub-folder per class) and score it.
 
     Args:
-        model: A loaded :class:`~mmkd_utils.loading.MMKDModel`.
+        model: A loaded :class:`~mmkd_utils.model.loading.MMKDModel`.
         root: Folder with one sub-folder per class; images may sit in nested folders
             inside a class folder. Hidden files and folders are ignored, and so are files
             that are not images (see :data:`IMAGE_SUFFIXES`).
         task_or_classes: A task name, a list of class names or a mapping
             ``{class: [synonyms]}`` (all passed to ``model.classifier``), or a ready
-            :class:`~mmkd_utils.classifier.ZeroShotClassifier`.
+            :class:`~mmkd_utils.model.classifier.ZeroShotClassifier`.
         templates: Prompt templates for ``model.classifier`` (``{}`` marks the name).
         folder_to_class: ``{folder name: class name}`` for folders whose names do not
             match a class (None leaves a folder out). Other folders match a class name

@@ -3,7 +3,7 @@
 Introduced in ``notebooks/01_quickstart.ipynb``.
 
 Example:
-    >>> from mmkd_utils.device import resolve_device, resolve_precision
+    >>> from mmkd_utils.model.device import resolve_device, resolve_precision
     >>> resolve_precision("auto", resolve_device("cpu"))
     'fp32'
 """
@@ -79,7 +79,7 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
 
-#: Most threads :meth:`~mmkd_utils.loading.MMKDModel.encode_images` decodes images with.
+#: Most threads :meth:`~mmkd_utils.model.loading.MMKDModel.encode_images` decodes images with.
 MAX_PREPROCESS_THREADS = 8
 
 

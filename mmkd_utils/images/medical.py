@@ -7,19 +7,19 @@
   MONOCHROME1 is inverted. Colour files (RGB, YBR, PALETTE COLOR) stay in colour.
 * **NIfTI** (``.nii``/``.nii.gz``), read with nibabel: one 2-D slice, scaled by robust
   percentiles (0.5 and 99.5) or by a window, rotated to display upright.
-* **anything Pillow reads**: :func:`mmkd_utils.images.open_image` then the usual RGB
+* **anything Pillow reads**: :func:`mmkd_utils.images.decode.open_image` then the usual RGB
   conversion (16-bit and float images are rescaled to the full 8-bit range).
 
 A *window* ``(centre, width)`` maps ``centre - width/2 .. centre + width/2`` linearly onto
 0..255 and clips everything outside; :data:`WINDOWS` has the usual CT ones, in HU.
 
-:func:`mmkd_utils.images.to_rgb` calls :func:`load_image` for paths, so every function
+:func:`mmkd_utils.images.decode.to_rgb` calls :func:`load_image` for paths, so every function
 that takes images (``encode_images``, ``zero_shot``, the plots) accepts these files.
 
 Introduced in ``notebooks/02_medical_image_formats.ipynb``.
 
 Example:
-    >>> from mmkd_utils.medical import load_image
+    >>> from mmkd_utils.images.medical import load_image
     >>> img = load_image("ct_slice.dcm", window="lung")  # doctest: +SKIP
     >>> img.mode  # doctest: +SKIP
     'RGB'
@@ -36,8 +36,8 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from .errors import ImageLoadError
-from .images import (
+from mmkd_utils.errors import ImageLoadError
+from mmkd_utils.images.decode import (
     array_to_image,
     check_file,
     linear_to_uint8,

@@ -12,7 +12,7 @@ Environment variables (read at call time, never at import):
 
 Example:
     >>> import os
-    >>> from mmkd_utils.paths import cache_dir
+    >>> from mmkd_utils.config import cache_dir
     >>> os.environ["MMKD_HOME"] = "/data/mmkd"
     >>> str(cache_dir())
     '/data/mmkd'

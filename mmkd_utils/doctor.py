@@ -13,7 +13,7 @@ imported inside the checks), so a broken package shows up as a line, not a trace
 Introduced in the troubleshooting tip of ``notebooks/01_quickstart.ipynb`` and in
 ``README.md``; on the command line it is ``mmkd-clip doctor [--offline] [--verify]``.
 
-The checks live in this module (``mmkd_utils.diagnostics``); ``mmkd_utils.doctor`` is
+The checks live in this module (``mmkd_utils.doctor``); ``mmkd_utils.doctor`` is
 the function that runs them all.
 
 Example:
@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmkd_utils import paths
+import mmkd_utils.config as paths
 
 OK, WARNING, ERROR = "OK", "WARNING", "ERROR"
 STATUSES = (OK, WARNING, ERROR)
@@ -429,7 +429,7 @@ def check_device() -> Check:
         >>> check_device().detail  # doctest: +SKIP
         "device='auto' picks cpu (precision fp32, image batch 32)"
     """
-    from mmkd_utils.device import auto_image_batch_size, resolve_device, resolve_precision
+    from mmkd_utils.model.device import auto_image_batch_size, resolve_device, resolve_precision
 
     dev = resolve_device("auto")
     precision = resolve_precision("auto", dev)
@@ -663,9 +663,9 @@ def _verify_converted(folder: Path) -> str:
     """Check a converted folder's config and safetensors header; describe it or raise."""
     from safetensors import safe_open
 
-    from mmkd_utils.checkpoint import REQUIRED_KEYS, to_open_clip_keys
     from mmkd_utils.errors import CheckpointError
-    from mmkd_utils.loading import CONFIG_NAME, WEIGHTS_NAME
+    from mmkd_utils.model.checkpoint import REQUIRED_KEYS, to_open_clip_keys
+    from mmkd_utils.model.loading import CONFIG_NAME, WEIGHTS_NAME
 
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     try:
@@ -701,8 +701,8 @@ def check_weights(verify: bool = False) -> Check:
         >>> check_weights().detail  # doctest: +SKIP
         '~/.cache/mmkd-clip/MMKD_B16.pth (default; 784 MB; not verified, ...)'
     """
-    from mmkd_utils.checkpoint import _sniff, model_config_from_state_dict, read_checkpoint
-    from mmkd_utils.loading import CONFIG_NAME, WEIGHTS_NAME
+    from mmkd_utils.model.checkpoint import _sniff, model_config_from_state_dict, read_checkpoint
+    from mmkd_utils.model.loading import CONFIG_NAME, WEIGHTS_NAME
 
     path, origin = _checkpoint_choice()
     default = paths.default_checkpoint_path()
@@ -777,7 +777,7 @@ def check_converted_copy(verify: bool = False) -> Check:
         'none yet: the first load converts the checkpoint and caches it in ...'
     """
     from mmkd_utils.errors import TextEncoderError
-    from mmkd_utils.loading import CONFIG_NAME, WEIGHTS_NAME, converted_folder
+    from mmkd_utils.model.loading import CONFIG_NAME, WEIGHTS_NAME, converted_folder
 
     path, origin = _checkpoint_choice()
     if path.is_dir():
@@ -832,7 +832,7 @@ _TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
 def _converted_copy_with_text_files() -> Path | None:
     """A converted copy load_model() would use that carries its own text config and tokenizer."""
     try:
-        from mmkd_utils.loading import CONFIG_NAME, converted_folder
+        from mmkd_utils.model.loading import CONFIG_NAME, converted_folder
 
         path, _origin = _checkpoint_choice()
         folder = path if path.is_dir() else converted_folder(path) if path.is_file() else None
@@ -852,7 +852,7 @@ def check_text_encoder() -> Check:
         'microsoft/BiomedNLP-... (default): config and tokenizer in the Hugging Face cache'
     """
     from mmkd_utils.errors import TextEncoderError
-    from mmkd_utils.loading import _text_encoder_source
+    from mmkd_utils.model.loading import _text_encoder_source
 
     origin = "MMKD_TEXT_ENCODER" if os.environ.get("MMKD_TEXT_ENCODER", "").strip() else "default"
     try:

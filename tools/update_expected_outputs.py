@@ -7,7 +7,7 @@ Review the diff before committing: a marked cell's output must not depend on wei
 
 Usage (from the repository root)::
 
-    python notebooks/update_expected_outputs.py [notebook.ipynb ...]
+    python tools/update_expected_outputs.py [notebook.ipynb ...]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "notebooks"
 sys.path.insert(0, str(HERE))
 import conftest  # noqa: E402  (sets the test environment on import)
 

@@ -1,9 +1,9 @@
 """Named models: MMKD-CLIP and two of the biomedical CLIPs it learned from, one API.
 
 ``load_model(name)`` loads any model listed by :func:`list_models` as the same
-:class:`~mmkd_utils.loading.MMKDModel` object (``encode_images``, ``encode_texts``,
+:class:`~mmkd_utils.model.loading.MMKDModel` object (``encode_images``, ``encode_texts``,
 ``zero_shot`` and ``classifier`` work unchanged), so the models can be compared on the
-same images and prompts (:mod:`mmkd_utils.compare`).
+same images and prompts (:mod:`mmkd_utils.tasks.compare`).
 
 * ``mmkd-clip-b16`` (the default): the released ``MMKD_B16.pth`` (Google Drive),
   through the MMKD-CLIP loader.
@@ -65,9 +65,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import paths
-from .errors import CheckpointError, DownloadError, TextEncoderError
-from .loading import MMKDModel, load_model
+import mmkd_utils.config as paths
+from mmkd_utils.errors import CheckpointError, DownloadError, TextEncoderError
+from mmkd_utils.model.loading import MMKDModel, load_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -290,12 +290,12 @@ def load_registered(
     device: str | torch.device = "auto",
     precision: str = "auto",
 ) -> MMKDModel:
-    """Load a registered model as an :class:`~mmkd_utils.loading.MMKDModel`.
+    """Load a registered model as an :class:`~mmkd_utils.model.loading.MMKDModel`.
 
     ``load_model(name)`` calls this. ``source`` overrides where the weights come from
     (a file or folder; for ``biomedclip`` also an open_clip id), see
     :func:`resolve_source`. ``text_encoder``, ``device`` and ``precision`` work as in
-    :func:`~mmkd_utils.loading.load_model`. The returned model's ``model_name`` is
+    :func:`~mmkd_utils.model.loading.load_model`. The returned model's ``model_name`` is
     ``name``.
 
     Example:
@@ -387,7 +387,7 @@ def unimed_checkpoint(source: str | os.PathLike | None = None) -> Path:
             f"they are not downloaded. Download {url} on a machine with network access "
             f"and put it at {dest}, or set {env} to the file."
         )
-    from .download import download_url
+    from mmkd_utils.download import download_url
 
     try:
         return download_url(url, dest, verify=_verify_unimed, desc=UNIMED_FILE)
@@ -397,7 +397,7 @@ def unimed_checkpoint(source: str | os.PathLike | None = None) -> Path:
 
 def _verify_unimed(part: Path) -> None:
     """Raise unless ``part`` is a checkpoint of the UniMed/MMKD-CLIP layout."""
-    from .checkpoint import model_config_from_state_dict, read_checkpoint
+    from mmkd_utils.model.checkpoint import model_config_from_state_dict, read_checkpoint
 
     with open(part, "rb") as f:
         head = f.read(1024).removeprefix(b"\xef\xbb\xbf").lstrip().lower()
@@ -509,7 +509,7 @@ def _explicit_text_encoder(text_encoder: str | os.PathLike | None) -> str | None
     """The text encoder named by the caller or ``MMKD_TEXT_ENCODER``, else None."""
     if text_encoder is None and not os.environ.get("MMKD_TEXT_ENCODER", "").strip():
         return None
-    from .loading import _text_encoder_source
+    from mmkd_utils.model.loading import _text_encoder_source
 
     return _text_encoder_source(text_encoder)
 
@@ -523,7 +523,7 @@ def _load_open_clip(
 ) -> MMKDModel:
     import open_clip
 
-    from .device import resolve_device, resolve_precision
+    from mmkd_utils.model.device import resolve_device, resolve_precision
 
     model_id = _open_clip_id(source or _HF_HUB + BIOMEDCLIP_ID)
     if model_id.startswith(_HF_HUB):

@@ -4,14 +4,14 @@
 (or on the same task: each model builds its own classifier of the same classes) and puts
 the probabilities side by side; :func:`summarize_comparison` keeps one row per image;
 :func:`plot_model_comparison` draws grouped bars, one bar per model. The models can be
-any :class:`~mmkd_utils.loading.MMKDModel`, e.g. those of
-:func:`~mmkd_utils.registry.list_models`.
+any :class:`~mmkd_utils.model.loading.MMKDModel`, e.g. those of
+:func:`~mmkd_utils.model.registry.list_models`.
 
 The probabilities of different models are not calibrated against each other: each model
 has its own temperature (``logit_scale``) and embedding space, so compare what each
 model ranks first, not how sure it is. A handful of images shows how models differ, not
 which is better; for that, evaluate each on a labelled folder
-(:func:`~mmkd_utils.evaluation.evaluate_folder`).
+(:func:`~mmkd_utils.tasks.evaluation.evaluate_folder`).
 
 pandas and matplotlib are imported when the functions run.
 
@@ -37,17 +37,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .classifier import ZeroShotClassifier
-from .errors import PromptError
-from .images import ImageInput, to_rgb
-from .prompts import check_prompts
+from mmkd_utils.errors import PromptError
+from mmkd_utils.images.decode import ImageInput, to_rgb
+from mmkd_utils.model.classifier import ZeroShotClassifier
+from mmkd_utils.prompts import check_prompts
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .loading import MMKDModel
+    from mmkd_utils.model.loading import MMKDModel
 
 #: Prefix of the probability column of each model (``p_<model>``) ...
 PROB_PREFIX = "p_"
@@ -165,7 +165,7 @@ def compare_models(
             which :func:`~mmkd_utils.load_model` sets for registered models).
         images: Paths, PIL images or numpy arrays (read once, then given to every model).
         prompts: A list of prompts (each model embeds them); or classes, built by each
-            model with :meth:`~mmkd_utils.loading.MMKDModel.classifier`: a task name of
+            model with :meth:`~mmkd_utils.model.loading.MMKDModel.classifier`: a task name of
             the prompt banks (``"chest_xray/rsna_pneumonia"``), a mapping
             ``{class: [synonyms]}``, or a list of class names together with
             ``templates``. The ``prompt`` column then holds the class names.
@@ -286,7 +286,7 @@ def summarize_comparison(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _draw_panel(ax: Axes, group: pd.DataFrame, models: list[str], title: str) -> None:
-    from .plotting import _wrap
+    from mmkd_utils.plotting import _wrap
 
     labels = list(group["prompt"])
     n_labels, n_models = len(labels), len(models)
@@ -348,7 +348,7 @@ def plot_model_comparison(table: pd.DataFrame, *, image: str | int | None = None
         >>> fig = plot_model_comparison(table, image="xray.png")  # doctest: +SKIP
         >>> fig.savefig("comparison.png")  # doctest: +SKIP
     """
-    from .plotting import _line_count, _NotebookFigure
+    from mmkd_utils.plotting import _line_count, _NotebookFigure
 
     models = model_columns(table)
     images = list(dict.fromkeys(table["image"]))

@@ -9,7 +9,7 @@ architecture from the tensor shapes, and renames the keys to open_clip's
 Introduced in ``notebooks/01_quickstart.ipynb`` (what is inside a checkpoint).
 
 Example:
-    >>> from mmkd_utils.checkpoint import read_checkpoint, model_config_from_state_dict
+    >>> from mmkd_utils.model.checkpoint import read_checkpoint, model_config_from_state_dict
     >>> sd = read_checkpoint("MMKD_B16.pth")  # doctest: +SKIP
     >>> model_config_from_state_dict(sd)["vision_cfg"]["width"]  # doctest: +SKIP
     768
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from mmkd_utils.errors import CheckpointError
 
 #: Keys the original code may write that carry no weights and are recreated on load.
 IGNORED_KEYS = ("text_encoder.transformer.embeddings.position_ids",)
@@ -267,7 +267,7 @@ def check_text_config(text_shapes: Mapping[str, int], hf_config: Any, source: st
         if getattr(hf_config, name, None) != want
     ]
     if wrong:
-        from .errors import TextEncoderError
+        from mmkd_utils.errors import TextEncoderError
 
         raise TextEncoderError(
             f"The text encoder config from {source} does not fit the checkpoint's text tower "

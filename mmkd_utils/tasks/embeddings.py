@@ -3,7 +3,7 @@
 Images are decoded and preprocessed in :class:`torch.utils.data.DataLoader` worker
 processes while the model embeds the previous batch, and every embedding is kept in an
 on-disk cache keyed by the SHA-256 of the file's bytes, one folder per model
-(:attr:`~mmkd_utils.loading.MMKDModel.fingerprint`)::
+(:attr:`~mmkd_utils.model.loading.MMKDModel.fingerprint`)::
 
     <MMKD_HOME>/embeddings/<fingerprint[:16]>/<sha[:2]>/<sha>.npy   (float32 [D])
 
@@ -41,17 +41,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .download import sha256_file
-from .errors import ImageLoadError, SkippedImagesWarning
-from .evaluation import IMAGE_SUFFIXES, list_images
-from .images import to_rgb
-from .loading import DEFAULT_IMAGE_BATCH, _check_batch_size
-from .paths import cache_dir
+from mmkd_utils.config import cache_dir
+from mmkd_utils.download import sha256_file
+from mmkd_utils.errors import ImageLoadError, SkippedImagesWarning
+from mmkd_utils.images.decode import to_rgb
+from mmkd_utils.model.loading import DEFAULT_IMAGE_BATCH, _check_batch_size
+from mmkd_utils.tasks.evaluation import IMAGE_SUFFIXES, list_images
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .loading import MMKDModel
+    from mmkd_utils.model.loading import MMKDModel
 
 __all__ = ["FolderEmbeddings", "cache_folder", "default_num_workers", "embed_folder"]
 
@@ -408,9 +408,9 @@ def embed_folder(
     """Embed every image under ``root`` (sub-folders included), using and filling a cache.
 
     Args:
-        model: A loaded :class:`~mmkd_utils.loading.MMKDModel`.
+        model: A loaded :class:`~mmkd_utils.model.loading.MMKDModel`.
         root: The folder. Every image below it is embedded (the formats of
-            :func:`~mmkd_utils.medical.load_image`, recognised by their suffix), sorted
+            :func:`~mmkd_utils.images.medical.load_image`, recognised by their suffix), sorted
             by path; hidden files and folders are ignored. The first sub-folder below
             ``root`` is an image's label (None for images directly in ``root``).
         pattern: A glob relative to ``root`` that narrows the images, e.g. ``"**/*.png"``

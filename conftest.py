@@ -1,0 +1,60 @@
+"""Names the docstring examples of ``mmkd_utils`` can use (``python -m pytest`` runs them).
+
+Every example runs for real, on the tiny test model in ``tests/fixtures/tiny_upstream``
+(random weights: shapes and types are meaningful, the numbers are not). Each example
+gets, with nothing to import:
+
+* ``clip``: the tiny model, loaded once (an :class:`~mmkd_utils.MMKDModel`);
+* ``tiny_checkpoint``, ``tiny_text_encoder``: paths of its checkpoint and tokenizer;
+* ``imgs``: the repository's ``imgs/`` folder; ``xray``: its chest X-ray (a path);
+* ``tmp``: a new empty folder (a ``Path``) for examples that write files.
+
+While an example runs, ``MMKD_HOME`` is a fresh temporary folder, the other ``MMKD_*``
+variables are unset and the Hugging Face hub is offline, for that example only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _pytest.doctest import DoctestItem
+
+REPO = Path(__file__).resolve().parent
+TINY = REPO / "tests" / "fixtures" / "tiny_upstream"
+_MODEL: dict[str, object] = {}
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(request, doctest_namespace, tmp_path, monkeypatch):
+    """For docstring examples only: the names above, an empty cache and no network."""
+    if not isinstance(request.node, DoctestItem):
+        yield
+        return
+    for name in (
+        "MMKD_CHECKPOINT",
+        "MMKD_TEXT_ENCODER",
+        "MMKD_DEMO_IMAGES",
+        "MMKD_UNIMED_CHECKPOINT",
+        "MMKD_BIOMEDCLIP",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MMKD_HOME", str(tmp_path / "mmkd_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    if "clip" not in _MODEL:
+        from mmkd_utils import load_model
+
+        _MODEL["clip"] = load_model(
+            TINY / "checkpoint.pt", text_encoder=TINY / "tiny-biomedbert", device="cpu"
+        )
+    (tmp_path / "work").mkdir()
+    doctest_namespace.update(
+        clip=_MODEL["clip"],
+        tiny_checkpoint=str(TINY / "checkpoint.pt"),
+        tiny_text_encoder=str(TINY / "tiny-biomedbert"),
+        imgs=REPO / "imgs",
+        xray=str(REPO / "imgs" / "xray_chest_pa.png"),
+        tmp=tmp_path / "work",
+    )
+    yield
