@@ -1,11 +1,13 @@
-"""Helpers for the MMKD-CLIP notebook tutorials.
+"""Helpers for the MMKD-CLIP notebook tutorials: load the model, embed, classify, plot.
 
-Importing the package changes no global state; the heavy libraries (open_clip,
-transformers) are imported when a model is loaded.
+The layers of the package and the path of one zero-shot call are in ARCHITECTURE.md.
+Importing the package changes no global state.
 
 Example:
     >>> import mmkd_utils
-    >>> clip = mmkd_utils.load_model()  # doctest: +SKIP
+    >>> model = mmkd_utils.load_model(tiny_checkpoint, text_encoder=tiny_text_encoder)
+    >>> model.zero_shot([xray], ["A chest X-ray.", "A brain MRI."]).shape
+    torch.Size([1, 2])
 """
 
 from mmkd_utils.doctor import doctor
