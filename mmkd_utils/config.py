@@ -21,6 +21,7 @@ CONTEXT_LENGTH = 256
 CHECKPOINT_NAME = "MMKD_B16.pth"
 DRIVE_FILE_ID = "16pDQ2rI3VKezUl_WVxm1gVmhljQWxjJR"
 DRIVE_URL = f"https://drive.google.com/uc?id={DRIVE_FILE_ID}"
+DRIVE_VIEW_URL = f"https://drive.google.com/file/d/{DRIVE_FILE_ID}/view"
 
 
 def cache_dir() -> Path:
