@@ -131,7 +131,7 @@ def _fetch(url: str, part: Path, dest: Path, hint: str, timeout: float) -> None:
                 p.unlink()
             get()
     except (gdown.exceptions.DownloadError, requests.RequestException) as exc:
-        why = str(exc)
+        why = f"the download was interrupted ({exc})"
         if isinstance(exc, gdown.exceptions.FileURLRetrievalError):
             why = _DRIVE_PAGE
         elif getattr(exc, "response", None) is not None:
