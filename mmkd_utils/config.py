@@ -25,7 +25,8 @@ DRIVE_VIEW_URL = f"https://drive.google.com/file/d/{DRIVE_FILE_ID}/view"
 
 
 def cache_dir() -> Path:
-    """``MMKD_HOME``, else the user's cache folder from platformdirs; not created.
+    """``MMKD_HOME``, else the user's cache folder (platformdirs; on Linux
+    ``$XDG_CACHE_HOME/mmkd-clip`` or ``~/.cache/mmkd-clip``). Not created.
 
     Example:
         >>> cache_dir() == tmp.parent / "mmkd_home"  # MMKD_HOME is set for examples

@@ -119,7 +119,10 @@ def _fetch(url: str, part: Path, dest: Path, hint: str, timeout: float) -> None:
     import requests
 
     def get() -> None:
-        gdown.download(url=url, output=str(part), quiet=False, resume=True, timeout=timeout)
+        shown = {"output": f"To: {dest}\n"}  # not the staging file
+        gdown.download(
+            url=url, output=str(part), quiet=False, resume=True, timeout=timeout, log_messages=shown
+        )
 
     try:
         try:
@@ -161,7 +164,15 @@ def _verify(part: Path, url: str, sha256: str, verify: Callable | None, hint: st
         raise DownloadError(f"The file from {url} was deleted: {why}. Run again. {hint}") from exc
 
 
-def _download(url: str, dest: Path, sha256: str, verify, hint: str, force: bool, timeout) -> Path:  # noqa: ANN001
+def _download(
+    url: str,
+    dest: Path,
+    sha256: str,
+    verify: Callable | None,
+    hint: str,
+    force: bool,
+    timeout: float,
+) -> Path:
     """Fetch ``url`` to ``<dest>.part`` under ``dest``'s lock, verify it, move it to ``dest``."""
     sha256 = sha256.lower()
 
@@ -213,7 +224,7 @@ def download_url(
     """
     dest = Path(dest).expanduser()
     hint = f"Or download it by hand and put it at {dest}."
-    return _download(url, dest, sha256 or "", verify, hint, False, timeout)
+    return _download(url, dest, sha256 or "", verify, hint, force=False, timeout=timeout)
 
 
 def _check_checkpoint(part: Path) -> None:
@@ -249,4 +260,5 @@ def download_checkpoint(
         f"Or download {paths.CHECKPOINT_NAME} by hand from {paths.DRIVE_VIEW_URL} and put it at "
         f"{dest}, or set MMKD_CHECKPOINT to the path of the file you saved."
     )
-    return _download(url or paths.DRIVE_URL, dest, "", _check_checkpoint, hint, force, timeout)
+    url = url or paths.DRIVE_URL
+    return _download(url, dest, "", _check_checkpoint, hint, force=force, timeout=timeout)
