@@ -1,27 +1,17 @@
 """Where things live: the cache folder, the environment variables and the release facts.
 
-Environment variables (read at call time, never at import):
-
-* ``MMKD_HOME`` - cache folder for weights, converted copies and demo images
-  (default: ``$XDG_CACHE_HOME/mmkd-clip`` or ``~/.cache/mmkd-clip``).
-* ``MMKD_CHECKPOINT`` - a checkpoint file (``.pth``) or converted folder to load instead
-  of the released weights.
-* ``MMKD_TEXT_ENCODER`` - a Hugging Face hub id or a local folder with the text
-  encoder's ``config.json`` and tokenizer files.
-* ``MMKD_DEMO_IMAGES`` - a local folder holding the nine published demo images.
-
-Example:
-    >>> import os
-    >>> from mmkd_utils.config import cache_dir
-    >>> os.environ["MMKD_HOME"] = "/data/mmkd"
-    >>> str(cache_dir())
-    '/data/mmkd'
+Environment variables, read at call time (never at import): ``MMKD_HOME`` (cache folder),
+``MMKD_CHECKPOINT`` (weights to load instead of the release), ``MMKD_TEXT_ENCODER`` (hub id
+or folder of the text encoder's config and tokenizer), ``MMKD_DEMO_IMAGES`` (folder with
+the nine demo images), ``MMKD_UNIMED_CHECKPOINT`` and ``MMKD_BIOMEDCLIP`` (other models).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import platformdirs
 
 #: The BiomedBERT model whose config and tokenizer the text tower uses.
 DEFAULT_TEXT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
@@ -31,21 +21,18 @@ CONTEXT_LENGTH = 256
 CHECKPOINT_NAME = "MMKD_B16.pth"
 DRIVE_FILE_ID = "16pDQ2rI3VKezUl_WVxm1gVmhljQWxjJR"
 DRIVE_URL = f"https://drive.google.com/uc?id={DRIVE_FILE_ID}"
+DRIVE_VIEW_URL = f"https://drive.google.com/file/d/{DRIVE_FILE_ID}/view"
 
 
 def cache_dir() -> Path:
-    """Return the cache folder (``MMKD_HOME`` or the user's cache folder); not created.
+    """``MMKD_HOME``, else the user's cache folder (platformdirs; on Linux
+    ``$XDG_CACHE_HOME/mmkd-clip`` or ``~/.cache/mmkd-clip``). Not created.
 
     Example:
-        >>> cache_dir().name  # doctest: +SKIP
-        'mmkd-clip'
+        >>> cache_dir() == tmp.parent / "mmkd_home"  # MMKD_HOME is set for examples
+        True
     """
-    home = os.environ.get("MMKD_HOME")
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mmkd-clip"
+    return env_path("MMKD_HOME") or Path(platformdirs.user_cache_dir("mmkd-clip", False))
 
 
 def default_checkpoint_path() -> Path:
@@ -59,10 +46,10 @@ def default_checkpoint_path() -> Path:
 
 
 def env_path(name: str) -> Path | None:
-    """Return the path in environment variable ``name``, or None when it is unset or empty.
+    """The path in environment variable ``name``, or None when it is unset or empty.
 
     Example:
-        >>> env_path("MMKD_SURELY_UNSET") is None
+        >>> env_path("MMKD_CHECKPOINT") is None  # unset while examples run
         True
     """
     value = os.environ.get(name, "").strip()

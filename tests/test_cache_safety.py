@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import errno
 import hashlib
+import importlib
 import multiprocessing
 import os
 import warnings
@@ -27,7 +28,7 @@ from mmkd_utils import (
 from mmkd_utils import download as dl
 from mmkd_utils.config import default_checkpoint_path
 from mmkd_utils.demo import DEMO_IMAGE_NAMES, demo_image_dir, demo_images
-from mmkd_utils.download import download_checkpoint, download_url, part_path
+from mmkd_utils.download import download_checkpoint, download_url
 from mmkd_utils.model.loading import converted_folder
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 77)
@@ -56,7 +57,7 @@ def _text_error(clip, reference) -> float:
 
 
 class _FillingDisk:
-    """``open`` for the download module whose written files hold at most ``room`` bytes."""
+    """``open`` for gdown's download module whose written files hold at most ``room`` bytes."""
 
     def __init__(self, room: int) -> None:
         self.room = room
@@ -84,13 +85,19 @@ def test_full_disk_during_download(server, tmp_path, monkeypatch):
     dest = tmp_path / "f.bin"
     dest.write_bytes(b"old good copy")
     with monkeypatch.context() as m, pytest.raises(DownloadError) as info:
-        m.setattr(dl, "open", _FillingDisk(room=1_500_000), raising=False)
+        # gdown writes the file: its module's ``open`` fills the disk.
+        m.setattr(
+            importlib.import_module("gdown.download"),
+            "open",
+            _FillingDisk(room=1_500_000),
+            raising=False,
+        )
         download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD))
     message = str(info.value)
     assert "disk is full" in message and str(dest) in message
     assert "Free some disk space" in message and "MMKD_HOME" in message
     assert dest.read_bytes() == b"old good copy"  # the good copy is untouched
-    assert not part_path(dest).exists()  # nothing half-written is left to fill the disk
+    assert [p.name for p in tmp_path.iterdir() if ".part" in p.name] == []  # nothing half-written
     # Space was freed: the next run works.
     assert download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD)) == dest
     assert dest.read_bytes() == PAYLOAD

@@ -59,39 +59,61 @@ def test_sha_mismatch_raises_and_leaves_nothing(server, tmp_path):
     assert not part_path(dest).exists()
 
 
+def _stale_partial(dest: Path, data: bytes) -> None:
+    """A partial file of an earlier download of ``dest``, named as gdown names them."""
+    Path(f"{part_path(dest)}a1b2c3d4.part").write_bytes(data)
+
+
 def test_interrupted_download_keeps_part_and_resumes_with_range(server, tmp_path):
     half = len(PAYLOAD) // 2
     server.set("/f.bin", Route(PAYLOAD, cut_after=half))
     dest = tmp_path / "f.bin"
     with pytest.raises(DownloadError) as info:
         download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD))
-    assert "resume" in str(info.value) and str(part_path(dest)) in str(info.value)
-    assert not dest.exists()
-    assert part_path(dest).read_bytes() == PAYLOAD[:half]
+    assert not dest.exists() and not part_path(dest).exists()
+    kept = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert len(kept) == 1
+    assert "resume" in str(info.value) and str(kept[0]) in str(info.value)
+    kept_size = kept[0].stat().st_size  # gdown keeps the whole blocks it wrote
+    assert 0 < kept_size <= half
+    assert kept[0].read_bytes() == PAYLOAD[:kept_size]
 
     server.set("/f.bin", PAYLOAD)
     download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD))
-    assert server.hits("/f.bin")[-1].get("Range") == f"bytes={half}-"
+    assert server.hits("/f.bin")[-1].get("Range") == f"bytes={kept_size}-"
     assert dest.read_bytes() == PAYLOAD
-    assert not part_path(dest).exists()
+    assert [p for p in tmp_path.iterdir() if ".part" in p.name] == []
 
 
 def test_resume_restarts_from_zero_when_server_ignores_range(server, tmp_path):
     server.set("/f.bin", Route(PAYLOAD, ranges=False))
     dest = tmp_path / "f.bin"
-    part_path(dest).write_bytes(b"stale bytes of another file")
+    _stale_partial(dest, b"stale bytes of another file")
     download_url(server.url("/f.bin"), dest, sha256=_sha(PAYLOAD))
-    assert server.hits("/f.bin")[-1].get("Range") == "bytes=27-"
+    assert "bytes=27-" in [h.get("Range") for h in server.hits("/f.bin")]
     assert dest.read_bytes() == PAYLOAD
+    assert [p for p in tmp_path.iterdir() if ".part" in p.name] == []
 
 
 def test_part_longer_than_file_restarts_after_416(server, tmp_path):
     server.set("/f.bin", b"short")
     dest = tmp_path / "f.bin"
-    part_path(dest).write_bytes(b"much longer than the file on the server")
+    _stale_partial(dest, b"much longer than the file on the server")
     download_url(server.url("/f.bin"), dest, sha256=_sha(b"short"))
     assert dest.read_bytes() == b"short"
-    assert len(server.hits("/f.bin")) == 2
+    assert [h.get("Range") for h in server.hits("/f.bin")] == [None, "bytes=39-", None]
+
+
+def test_finished_part_is_verified_before_reuse(server, tmp_path):
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(PAYLOAD)  # a finished download, not yet moved into place
+    assert download_url(dead_url(), dest, sha256=_sha(PAYLOAD)) == dest
+    assert dest.read_bytes() == PAYLOAD and not part_path(dest).exists()
+    other = tmp_path / "other.bin"
+    part_path(other).write_bytes(b"garbage")
+    server.set("/f.bin", PAYLOAD)
+    assert download_url(server.url("/f.bin"), other, sha256=_sha(PAYLOAD)) == other
+    assert other.read_bytes() == PAYLOAD and len(server.hits("/f.bin")) == 1
 
 
 def test_existing_good_dest_is_returned_without_network(server, tmp_path):
