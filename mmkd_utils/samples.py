@@ -41,7 +41,8 @@ import numpy as np
 from PIL import Image
 
 from mmkd_utils.errors import SamplesNotFoundError, SampleSourceError, UnknownModalityError
-from mmkd_utils.images.decode import open_image, to_rgb
+from mmkd_utils.images.decode import to_rgb
+from mmkd_utils.images.pixels import open_image
 
 #: Longest side of a sample PNG; larger sources are downscaled (Lanczos, aspect kept).
 MAX_SIDE = 512
