@@ -1,17 +1,14 @@
 """``load_image``: a DICOM, NIfTI or ordinary image file as an 8-bit RGB PIL image.
 
-* **DICOM** (``.dcm``, ``.dicom`` or ``DICM`` at byte 128), read with pydicom: its modality
-  LUT (e.g. to HU), then a window, then MONOCHROME1 inverted; colour stays colour.
-* **NIfTI** (``.nii``, ``.nii.gz``), read with nibabel: one slice of the volume turned to
-  RAS+, shown upright, scaled by a window or the 0.5–99.5 percentiles of the slice.
-* **anything else**: Pillow (16-bit and float images rescaled to 0..255, not clipped).
-
-A *window* ``(centre, width)`` maps ``centre - width/2 .. centre + width/2`` onto 0..255
-and clips outside; :data:`WINDOWS` has the usual CT ones, in Hounsfield units (HU).
+DICOM is read with pydicom (modality LUT, e.g. to Hounsfield units (HU), then a window,
+then MONOCHROME1 inverted; colour stays colour), NIfTI with nibabel (one slice, turned to
+RAS+ and upright), anything else with Pillow. A *window* ``(centre, width)`` maps
+``centre - width/2 .. centre + width/2`` onto 0..255 and clips outside.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -30,7 +27,6 @@ from mmkd_utils.images.pixels import (
     array_to_image,
     check_file,
     check_pixel_count,
-    finite_range,
     linear_to_uint8,
     open_image,
     pil_to_rgb,
@@ -63,34 +59,35 @@ def load_image(
 ) -> Image.Image:
     """Read a DICOM, NIfTI or ordinary image file as an 8-bit RGB PIL image.
 
-    ``window`` (greyscale DICOM and NIfTI) is a name from :data:`WINDOWS` or ``(centre,
-    width)``; ``frame`` picks a frame of a multi-frame DICOM (default: the middle one) or
-    a volume of a 4-D NIfTI (default: the first); ``slice_index`` a NIfTI slice along
-    ``axis`` (0 sagittal, 1 coronal, 2 axial; default: the middle slice). Anything that
-    cannot be read, or an argument that does not apply, raises :class:`ImageLoadError`.
+    ``window``: greyscale DICOM or NIfTI, a name from :data:`WINDOWS` or ``(centre,
+    width)``; default: the DICOM's own, else min–max; NIfTI: 0.5–99.5 percentiles.
+    ``frame``: multi-frame DICOM (default the middle one), 4-D NIfTI (default 0).
+    ``slice_index``: NIfTI, along ``axis`` (0 sagittal, 1 coronal, 2 axial; default the
+    middle one), anterior at the top, patient's left on the left.
 
     Example:
         >>> load_image(xray).size
         (482, 512)
     """
     path, kind = check_file(path), "Image"
+    bounds = None if window is None else window_bounds(window, str(path))
     try:
         kind = _file_kind(path)
         if kind == "NIfTI":
-            return _load_nifti(path, window, frame, slice_index, axis)
+            return _load_nifti(path, bounds, frame, slice_index, axis)
         _reject(path, kind, slice_index=slice_index, axis=None if axis == 2 else axis)
         if kind == "DICOM":
-            return _load_dicom(path, window, frame)
+            return _load_dicom(path, window, bounds, frame)
         _reject(path, "not DICOM or NIfTI", window=window, frame=frame)
         return pil_to_rgb(open_image(path), name=str(path))
     except ImageLoadError:
         raise
     except Exception as err:  # the readers raise many types for malformed files
-        why = "it may be truncated or corrupt: export or download it again, or convert it to PNG"
-        if isinstance(err, MemoryError):
-            why = "it is too large for the memory available: downscale it, or free memory"
-        message = " ".join(str(err).split())
-        raise ImageLoadError(f"{kind} {path} could not be read ({message}); {why}.") from None
+        raise ImageLoadError(
+            f"{kind} {path} could not be read ({type(err).__name__}: {' '.join(str(err).split())}"
+            "); it may be truncated or corrupt (or too large for the memory available): export "
+            "or download it again, or convert it to PNG."
+        ) from None
 
 
 def window_bounds(window: Window, name: str = "image") -> tuple[float, float]:
@@ -100,26 +97,19 @@ def window_bounds(window: Window, name: str = "image") -> tuple[float, float]:
         >>> window_bounds("brain"), window_bounds((40, 400))
         ((0.0, 80.0), (-160.0, 240.0))
     """
-    if isinstance(window, str):
-        if window.lower() not in WINDOWS:
-            raise ImageLoadError(
-                f"Unknown window {window!r} for {name}; use one of {sorted(WINDOWS)} or a "
-                "(centre, width) tuple."
-            )
-        window = WINDOWS[window.lower()]
     try:
-        centre, width = (float(v) for v in window)
-    except (TypeError, ValueError):
+        centre, width = WINDOWS[window.lower()] if isinstance(window, str) else map(float, window)
+    except (KeyError, TypeError, ValueError):
         raise ImageLoadError(
-            f"window={window!r} for {name} is not a name or a (centre, width) pair of numbers."
+            f"Unknown window {window!r} for {name}: it is not a name or a (centre, width) pair "
+            f"of numbers; use one of {sorted(WINDOWS)} or (centre, width)."
         ) from None
     if not (np.isfinite(centre) and np.isfinite(width) and width > 0):
         raise ImageLoadError(f"window={window!r} for {name}: the width must be positive.")
     return centre - width / 2, centre + width / 2
 
 
-def _file_kind(path: Path) -> str:
-    """``"DICOM"``, ``"NIfTI"`` or ``"Image"``, from the suffix or the DICOM marker."""
+def _file_kind(path: Path) -> str:  # from the suffix, or DICOM's marker at byte 128
     if path.name.lower().endswith((".nii", ".nii.gz")):
         return "NIfTI"
     with open(path, "rb") as file:
@@ -127,8 +117,7 @@ def _file_kind(path: Path) -> str:
     return "DICOM" if marker or path.suffix.lower() in (".dcm", ".dicom") else "Image"
 
 
-def _reject(path: Path, what: str, **given: Any) -> None:
-    """Refuse any argument that was given for a file it does not apply to."""
+def _reject(path: Path, what: str, **given: Any) -> None:  # arguments that do not apply
     for arg, value in given.items():
         if value is not None:
             raise ImageLoadError(
@@ -137,7 +126,6 @@ def _reject(path: Path, what: str, **given: Any) -> None:
 
 
 def _index(path: Path, arg: str, value: int | None, default: int, count: int, of: str) -> int:
-    """``value`` (or ``default`` if None), refused unless ``0 <= value < count``."""
     value = default if value is None else value
     if not 0 <= value < count:
         raise ImageLoadError(
@@ -146,20 +134,14 @@ def _index(path: Path, arg: str, value: int | None, default: int, count: int, of
     return value
 
 
-# ----------------------------------------------------------------------------- DICOM
-
-
-def _load_dicom(path: Path, window: Window | None, frame: int | None) -> Image.Image:
+def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Image.Image:
     ds = _read_dicom(path)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageLoadError(
             f"DICOM {path} has no pixel data (a report, presentation state or DICOMDIR?). "
             "Open one of the image files of the series instead."
         )
-    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    if rows < 1 or cols < 1:
-        raise ImageLoadError(f"DICOM {path} is {cols}x{rows}, no pixels: check or export it again.")
-    check_pixel_count(path, cols, rows)
+    check_pixel_count(path, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
     frames = int(ds.get("NumberOfFrames") or 1)
     frame = _index(path, "frame", frame, frames // 2, frames, "frame(s)")
     raw = str(ds.get("PhotometricInterpretation") or "")
@@ -173,12 +155,8 @@ def _load_dicom(path: Path, window: Window | None, frame: int | None) -> Image.I
         )
     ds.PhotometricInterpretation = photometric  # pydicom's decoders want the exact spelling
     colour = not photometric.startswith("MONOCHROME")
-    if colour and window is not None:
-        raise ImageLoadError(
-            f"window={window!r} does not apply to {path}: it is a colour ({photometric}) "
-            "image. Leave window out."
-        )
-    bounds = None if window is None else window_bounds(window, str(path))
+    if colour:
+        _reject(path, f"a colour image, {photometric}", window=window)
     pixels = _decode(ds, frame, path)  # YBR is converted to RGB
     if colour:
         bits = ds.get("BitsStored") or 8
@@ -197,7 +175,7 @@ def _load_dicom(path: Path, window: Window | None, frame: int | None) -> Image.I
         if bounds is None and centre not in (None, "") and width not in (None, ""):
             centre, width = float(np.ravel(centre)[0]), float(np.ravel(width)[0])  # the first
             bounds = window_bounds((centre, width)) if width > 0 else None
-        grey = linear_to_uint8(values, *(bounds or finite_range(values)))
+        grey = linear_to_uint8(values, *(bounds or (None, None)))
     return array_to_image(255 - grey if photometric == "MONOCHROME1" else grey, name=str(path))
 
 
@@ -207,14 +185,11 @@ def _read_dicom(path: Path) -> Any:
         return pydicom.dcmread(path)
     except InvalidDicomError:
         pass
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
+    with warnings.catch_warnings(), contextlib.suppress(Exception):  # if so, not DICOM
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, force=True)
         if "Rows" in ds or "SOPClassUID" in ds:
             return ds
-    except Exception:  # reported below as "not DICOM"
-        pass
     raise ImageLoadError(f"{path} is not a DICOM file (no DICOM header): check or rename it.")
 
 
@@ -250,13 +225,7 @@ def _lift_frame_values(ds: Any, frame: int) -> None:
             ds[element.tag] = element
 
 
-# ----------------------------------------------------------------------------- NIfTI
-
-
-def _load_nifti(
-    path: Path, window: Window | None, frame: int | None, slice_index: int | None, axis: int
-) -> Image.Image:
-    bounds = None if window is None else window_bounds(window, str(path))
+def _load_nifti(path: Path, bounds: Any, frame: Any, slice_index: Any, axis: int) -> Image.Image:
     try:
         img = nib.funcs.squeeze_image(nib.load(path))  # (x, y, z, 1) is a 3-D volume
     except nib.filebasedimages.ImageFileError as err:
@@ -272,8 +241,7 @@ def _load_nifti(
         check_pixel_count(path, *img.shape)
         data = img.dataobj[:, :]
     else:
-        if axis not in (0, 1, 2):
-            raise ImageLoadError(f"axis={axis!r} for {path}: use 0, 1 or 2.")
+        _index(path, "axis", axis, axis, 3, "spatial axes")
         if img.ndim == 3:
             _reject(path, "a 3-D NIfTI volume", frame=frame)
         else:
@@ -289,6 +257,6 @@ def _load_nifti(
     data = np.rot90(np.asarray(data, dtype=np.float64))  # rows top-down: anterior at the top
     if bounds is None:  # robust to a few extreme voxels
         finite = data[np.isfinite(data)]
-        lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 0.0)
-        bounds = (lo, hi) if hi > lo else finite_range(data)
+        lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0, 0)
+        bounds = (lo, hi) if hi > lo else (None, None)  # then: min..max
     return array_to_image(linear_to_uint8(data, *bounds), name=str(path))

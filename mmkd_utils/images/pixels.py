@@ -85,8 +85,11 @@ def open_image(path: str | bytes | os.PathLike) -> Image.Image:
         ) from None
 
 
-def linear_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map ``lo..hi`` linearly onto 0..255 and clip outside (a display window); NaN becomes 0.
+def linear_to_uint8(
+    values: np.ndarray, lo: float | None = None, hi: float | None = None
+) -> np.ndarray:
+    """Map ``lo..hi`` (default: the finite minimum..maximum) linearly onto 0..255 and clip
+    outside, as a display window does. NaN becomes 0, and everything does if ``hi <= lo``.
 
     Example:
         >>> linear_to_uint8(np.array([-1.0, 0.0, 5.0, 10.0, 99.0]), 0.0, 10.0).tolist()
@@ -94,6 +97,8 @@ def linear_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """
     data = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(data)
+    if lo is None or hi is None:
+        lo, hi = (data[finite].min(), data[finite].max()) if finite.any() else (0.0, 0.0)
     if not hi > lo:
         return np.zeros(data.shape, dtype=np.uint8)
     clean = np.where(finite, data, lo)
@@ -103,17 +108,6 @@ def linear_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
         else:  # e.g. -1e308..1e308: halving is exact, and the halves' difference is finite
             out = (clean / 2 - lo / 2) * (255.0 / (hi / 2 - lo / 2))
     return np.clip(np.rint(np.where(finite, out, 0.0)), 0, 255).astype(np.uint8)
-
-
-def finite_range(values: np.ndarray) -> tuple[float, float]:
-    """The minimum and maximum of the finite values (``(0.0, 0.0)`` if there are none).
-
-    Example:
-        >>> finite_range(np.array([np.nan, 3.0, -1.0]))
-        (-1.0, 3.0)
-    """
-    finite = values[np.isfinite(values)]
-    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
 
 
 def array_to_image(array: np.ndarray, name: str = "array") -> Image.Image:
@@ -139,8 +133,7 @@ def array_to_image(array: np.ndarray, name: str = "array") -> Image.Image:
         raise ImageLoadError(f"{name} has dtype {arr.dtype}; pass a real-valued numeric array.")
     arr = arr[..., :3] if arr.ndim == 3 else arr  # alpha dropped, as in the published demo
     if arr.dtype != np.uint8:
-        data = arr.astype(np.float64)
-        arr = linear_to_uint8(data, *finite_range(data))
+        arr = linear_to_uint8(arr)
     return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
 
 
