@@ -1,14 +1,11 @@
-"""``load_image``: a DICOM, NIfTI or ordinary image file as an 8-bit RGB PIL image.
+"""``load_image``: a DICOM (pydicom), NIfTI (nibabel) or other (Pillow) file as 8-bit RGB.
 
-DICOM is read with pydicom (modality LUT, e.g. to Hounsfield units (HU), then a window,
-then MONOCHROME1 inverted; colour stays colour), NIfTI with nibabel (one slice, turned to
-RAS+ and upright), anything else with Pillow. A *window* ``(centre, width)`` maps
-``centre - width/2 .. centre + width/2`` onto 0..255 and clips outside.
+A *window* ``(centre, width)`` maps ``centre - width/2 .. centre + width/2`` onto 0..255
+and clips outside; :data:`WINDOWS` has the usual CT ones, in Hounsfield units (HU).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -18,7 +15,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 from pydicom.pixels.common import PhotometricInterpretation
 
@@ -32,7 +28,7 @@ from mmkd_utils.images.pixels import (
     pil_to_rgb,
 )
 
-#: Named CT windows as ``(centre, width)`` in Hounsfield units.
+#: Named CT windows as ``(centre, width)`` in HU.
 WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
     "mediastinum": (50.0, 350.0),
@@ -145,9 +141,8 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
     frames = int(ds.get("NumberOfFrames") or 1)
     frame = _index(path, "frame", frame, frames // 2, frames, "frame(s)")
     raw = str(ds.get("PhotometricInterpretation") or "")
-    photometric = raw.strip().upper() or (
-        "RGB" if ds.get("SamplesPerPixel") == 3 else "MONOCHROME2"
-    )
+    default = "RGB" if ds.get("SamplesPerPixel") == 3 else "MONOCHROME2"  # missing or empty
+    photometric = raw.strip().upper() or default
     if photometric not in PHOTOMETRIC:
         raise ImageLoadError(
             f"DICOM {path} has PhotometricInterpretation {raw!r}, which DICOM does not define "
@@ -180,21 +175,15 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
 
 
 def _read_dicom(path: Path) -> Any:
-    """The dataset; a file without the 128-byte preamble is read again with ``force=True``."""
-    try:
-        return pydicom.dcmread(path)
-    except InvalidDicomError:
-        pass
-    with warnings.catch_warnings(), contextlib.suppress(Exception):  # if so, not DICOM
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # force: also a bare dataset without the 128-byte preamble
+        warnings.simplefilter("ignore")  # (and a file that is not DICOM warns)
         ds = pydicom.dcmread(path, force=True)
-        if "Rows" in ds or "SOPClassUID" in ds:
-            return ds
+    if "Rows" in ds or "SOPClassUID" in ds:
+        return ds
     raise ImageLoadError(f"{path} is not a DICOM file (no DICOM header): check or rename it.")
 
 
-def _decode(ds: Any, frame: int, path: Path) -> np.ndarray:
-    """One frame's stored values; a missing decoder is explained with the package to install."""
+def _decode(ds: Any, frame: int, path: Path) -> np.ndarray:  # a missing decoder explained
     try:
         return pixel_array(ds, index=frame)
     except Exception as err:
@@ -211,8 +200,7 @@ def _decode(ds: Any, frame: int, path: Path) -> np.ndarray:
 
 
 def _lift_frame_values(ds: Any, frame: int) -> None:
-    """Copy the frame's rescale and window from an enhanced file's functional groups to the
-    top level of ``ds``, where pydicom looks (values already there are kept)."""
+    """Enhanced multi-frame: the frame's rescale and window, to the top where pydicom looks."""
     found: dict[str, Any] = {}
     for groups, index in (("SharedFunctionalGroupsSequence", 0),
                           ("PerFrameFunctionalGroupsSequence", frame)):  # fmt: skip
@@ -235,26 +223,20 @@ def _load_nifti(path: Path, bounds: Any, frame: Any, slice_index: Any, axis: int
             f"NIfTI {path} has shape {img.shape}: pass a 2-D, 3-D or 4-D image with voxels, or "
             "one slice as a numpy array."
         )
+    index: list[Any] = [slice(None)] * img.ndim
     if img.ndim == 2:
-        axis_given = None if axis == 2 else axis
-        _reject(path, "2-D NIfTI", frame=frame, slice_index=slice_index, axis=axis_given)
-        check_pixel_count(path, *img.shape)
-        data = img.dataobj[:, :]
+        _reject(path, "2-D", frame=frame, slice_index=slice_index, axis=None if axis == 2 else axis)
     else:
         _index(path, "axis", axis, axis, 3, "spatial axes")
         if img.ndim == 3:
             _reject(path, "a 3-D NIfTI volume", frame=frame)
         else:
             img = img.slicer[..., _index(path, "frame", frame, 0, img.shape[3], "volumes")]
-        img = nib.as_closest_canonical(img)  # RAS+: x to the patient's left, y to the front
-        index: list[Any] = [slice(None)] * 3
-        n = img.shape[axis]
-        index[axis] = _index(
-            path, "slice_index", slice_index, n // 2, n, f"slices along axis {axis}"
-        )
-        check_pixel_count(path, *(n for i, n in enumerate(img.shape) if i != axis))
-        data = img.dataobj[tuple(index)]
-    data = np.rot90(np.asarray(data, dtype=np.float64))  # rows top-down: anterior at the top
+        img, index = nib.as_closest_canonical(img), index[:3]  # RAS+: x to the left, y forward
+        n, along = img.shape[axis], f"slices along axis {axis}"
+        index[axis] = _index(path, "slice_index", slice_index, n // 2, n, along)
+    check_pixel_count(path, *(n for i, n in enumerate(img.shape) if index[i] == slice(None)))
+    data = np.rot90(np.asarray(img.dataobj[tuple(index)], dtype=np.float64))  # anterior at top
     if bounds is None:  # robust to a few extreme voxels
         finite = data[np.isfinite(data)]
         lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0, 0)

@@ -1,7 +1,6 @@
 """Numpy arrays and PIL images as 8-bit RGB, and ordinary image files opened with Pillow.
 
-Medical images are often 16-bit or floating point: a plain ``convert("RGB")`` clips them
-at 255 (an almost white picture), so here they are rescaled to 0..255 instead.
+16-bit and float images are rescaled to 0..255: ``convert("RGB")`` would clip them at 255.
 """
 
 from __future__ import annotations
@@ -32,10 +31,8 @@ def check_file(path: str | bytes | os.PathLike) -> Path:
     path = Path(os.fsdecode(path))
     try:
         st = path.stat()
-    except OSError as err:  # missing, name too long, permission denied on a folder, I/O error
-        why = (
-            "does not exist" if isinstance(err, FileNotFoundError) else f"cannot be opened ({err})"
-        )
+    except OSError as err:  # missing, name too long, permission denied, I/O error
+        why = "does not exist" if isinstance(err, FileNotFoundError) else f"cannot be read ({err})"
         raise ImageLoadError(f"Image {path} {why}: check the file name and folder.") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageLoadError(f"Image {path} is a folder: pass the image files in it instead.")
@@ -75,9 +72,7 @@ def open_image(path: str | bytes | os.PathLike) -> Image.Image:
     except Image.DecompressionBombError as err:  # above twice the limit: Pillow refuses it
         raise ImageLoadError(TOO_LARGE.format(path, err)) from None
     except UnidentifiedImageError:
-        raise ImageLoadError(
-            f"Image {path} is not an image Pillow reads: convert it to PNG."
-        ) from None
+        raise ImageLoadError(f"{path} is not an image Pillow reads: convert it to PNG.") from None
     except Exception as err:  # Pillow's plugins raise many types for malformed files
         raise ImageLoadError(
             f"Image {path} could not be decoded ({type(err).__name__}: {err}); it may be "
