@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from mmkd_utils import ImageLoadError, to_rgb
-from mmkd_utils.images.decode import array_to_image, linear_to_uint8, open_image
+from mmkd_utils.images.pixels import array_to_image, linear_to_uint8, open_image
 
 
 def _gradient(dtype, top):

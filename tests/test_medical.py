@@ -22,20 +22,13 @@ from pydicom.uid import (
 )
 
 from mmkd_utils import ImageLoadError, load_image, to_rgb
-from mmkd_utils.images.medical import WINDOWS, window_bounds
-
-PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
-
+from mmkd_utils.images import WINDOWS, window_bounds
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _save(ds: Dataset, path) -> None:
-    if PYDICOM3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pydicom 2.4
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(path, write_like_original=False)
+    ds.save_as(path, enforce_file_format=True)
 
 
 def write_dicom(path, pixels, *, frames=False, photometric=None, syntax=None, **attrs):
@@ -170,10 +163,8 @@ def test_rgb_stays_colour_and_refuses_a_window(tmp_path):
 
 
 def test_ybr_full_is_converted_to_rgb(tmp_path):
-    try:
-        from pydicom.pixels import convert_color_space
-    except ImportError:
-        from pydicom.pixel_data_handlers.util import convert_color_space
+    from pydicom.pixels import convert_color_space
+
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
     rgb[..., 0] = 255  # all red
     rgb[2, 2] = (0, 0, 255)
@@ -404,7 +395,6 @@ def _jpeg2000_with_garbage(path):
     return _encapsulated(path, JPEG2000, b"\xff\x4f\xff\x51" + b"\x00" * 60)
 
 
-@pytest.mark.skipif(not PYDICOM3, reason="simulating missing plugins needs pydicom 3")
 def test_compressed_dicom_without_a_decoder_names_the_package(tmp_path, monkeypatch):
     from pydicom.pixels import get_decoder
 
@@ -457,10 +447,7 @@ def _sample(name):
     """A file shipped with pydicom (or pydicom-data), or skip."""
     from pydicom.data import get_testdata_file
 
-    try:
-        path = get_testdata_file(name, download=False)
-    except TypeError:  # pydicom 2.4 has no download argument
-        path = None
+    path = get_testdata_file(name, download=False)
     if path is None:
         pytest.skip(f"{name} is not installed with pydicom")
     return path

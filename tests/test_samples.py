@@ -1,8 +1,11 @@
-"""The committed sample images in imgs/: reproducible, credited, small, RGB, shown right."""
+"""The committed sample images in imgs/: reproducible, credited, small, RGB, shown right.
+
+The rebuild is a maintainer tool, ``tools/rebuild_samples.py``; it is imported here from
+its path (it is not part of the package).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import re
 from pathlib import Path
@@ -13,28 +16,26 @@ from PIL import Image
 
 from mmkd_utils import samples
 from mmkd_utils.demo import DEMO_MODALITIES
-from mmkd_utils.errors import MMKDError
-from mmkd_utils.samples import (
-    MAX_SIDE,
-    MAX_TOTAL_BYTES,
-    SAMPLES,
+from mmkd_utils.errors import (
+    MMKDError,
     SamplesNotFoundError,
     SampleSourceError,
     UnknownModalityError,
-    build_samples,
-    check_samples,
-    credits_markdown,
-    main,
-    sample_images,
 )
+from mmkd_utils.samples import SAMPLES, sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGS = ROOT / "imgs"
+_spec = importlib.util.spec_from_file_location("rebuild_samples", ROOT / "tools/rebuild_samples.py")
+rebuild = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rebuild)
+build_samples, check_samples, main = rebuild.build_samples, rebuild.check_samples, rebuild.main
+credits_markdown, SOURCES = rebuild.credits_markdown, rebuild.SOURCES
 
 
 def _missing_sources() -> list[str]:
-    """Source packages (and the DICOM converter) that are not importable here."""
-    modules = sorted({s.module for s in SAMPLES}) + ["mmkd_utils.images.medical"]
+    """Source packages that are not importable here."""
+    modules = sorted({s.module for s in SOURCES.values()})
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
@@ -113,19 +114,28 @@ def test_check_reports_differences_and_exits_1(tmp_path, capsys):
 
 
 def test_missing_source_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    fake = dataclasses.replace(SAMPLES[0], module="no_such_sample_package_xyz")
+    name = SAMPLES[0].file_name
+    fake = SOURCES[name]._replace(module="no_such_sample_package_xyz")
     with pytest.raises(SampleSourceError, match=r"pip install -e \"\.\[samples\]\""):
-        samples.render_sample(fake)
-    monkeypatch.setattr(samples, "SAMPLES", (fake,))
+        rebuild.render(name, fake)
+    monkeypatch.setitem(SOURCES, name, fake)
     assert main(["--check", "--out", str(tmp_path)]) == 2
     assert "not installed" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image missing")
 def test_changed_source_file_is_refused():
-    fake = dataclasses.replace(SAMPLES[-1], sha256="0" * 64)
+    name = SAMPLES[-1].file_name
     with pytest.raises(SampleSourceError, match="SHA-256"):
-        samples.render_sample(fake)
+        rebuild.render(name, SOURCES[name]._replace(sha256="0" * 64))
+
+
+def test_sources_and_samples_must_list_the_same_files(monkeypatch):
+    monkeypatch.setattr(
+        rebuild, "SOURCES", {s.file_name: SOURCES[s.file_name] for s in SAMPLES[1:]}
+    )
+    with pytest.raises(SampleSourceError, match=SAMPLES[0].file_name):
+        credits_markdown()
 
 
 # --- the committed files ---------------------------------------------------------------
@@ -151,25 +161,27 @@ def test_credits_name_modalities_without_offline_source():
 
 
 def test_table_entries_are_complete():
+    assert [s.file_name for s in SAMPLES] == list(SOURCES)
     for s in SAMPLES:
         assert s.modality in DEMO_MODALITIES, s
-        for field in dataclasses.fields(s):
-            if field.name != "window":
-                assert getattr(s, field.name), (s.file_name, field.name)
-        assert re.fullmatch(r"[0-9a-f]{64}", s.sha256), s.file_name
         assert re.fullmatch(r"[a-z0-9_]+\.png", s.file_name), s.file_name
+        src = SOURCES[s.file_name]
+        for field in src._fields:
+            if field != "window":
+                assert getattr(src, field), (s.file_name, field)
+        assert re.fullmatch(r"[0-9a-f]{64}", src.sha256), s.file_name
 
 
 def test_images_are_rgb_and_at_most_512_px():
     for path in sorted(IMGS.glob("*.png")):
         with Image.open(path) as img:
             assert img.mode == "RGB", (path.name, img.mode)
-            assert max(img.size) <= MAX_SIDE, (path.name, img.size)
+            assert max(img.size) <= rebuild.MAX_SIDE, (path.name, img.size)
 
 
 def test_folder_is_at_most_3_mb():
     total = sum(p.stat().st_size for p in IMGS.iterdir() if p.is_file())
-    assert total <= MAX_TOTAL_BYTES, total
+    assert total <= rebuild.MAX_TOTAL_BYTES, total
 
 
 def test_xray_is_displayed_with_lungs_dark():
@@ -218,7 +230,7 @@ def test_sample_images_unknown_modality():
 
 
 def test_sample_images_without_repository(monkeypatch, tmp_path):
-    monkeypatch.setattr(samples, "repo_imgs_dir", lambda: tmp_path / "imgs")
+    monkeypatch.setattr(samples, "IMGS", tmp_path / "imgs")
     with pytest.raises(SamplesNotFoundError, match="[Cc]lone") as info:
         sample_images()
     assert isinstance(info.value, MMKDError)
