@@ -103,7 +103,10 @@ def find_class_folders(root: str | os.PathLike) -> list[Path]:
     path = Path(root).expanduser()
     if not path.is_dir():
         problem = "is a file, not a folder" if path.exists() else "does not exist"
-        raise EvaluationError(f"The image folder {path} {problem} (cwd: {Path.cwd()}).")
+        raise EvaluationError(
+            f"The image folder {path} {problem}: pass the folder that holds one sub-folder per "
+            f"class (a relative path starts from {Path.cwd()})."
+        )
     try:
         names = [name for name in find_classes(path)[0] if not name.startswith(".")]
     except FileNotFoundError:  # torchvision's "no class folder"
@@ -159,7 +162,9 @@ def match_folders(
             raise EvaluationError(
                 f"Folder {folder!r} matches {_quoted(found)}: use folder_to_class."
             )
-        mapping[folder] = found[0] if found else unmatched.append(folder)
+        if not found:
+            unmatched.append(folder)
+        mapping[folder] = found[0] if found else None
     if unmatched:
         hint = ", ".join(f"{f!r}: <class name or None>" for f in unmatched[:2])
         raise EvaluationError(
@@ -182,7 +187,7 @@ def _classifier(model: Any, classes: Any, templates: Sequence[str] | None) -> Ze
     if not isinstance(classes, ZeroShotClassifier):
         classes = model.classifier(classes, templates)
     elif templates is not None:
-        raise PromptError("templates: a ZeroShotClassifier has its prompts already; pass classes.")
+        raise PromptError("templates do not apply to a ready classifier: pass the class names.")
     if classes.weights.shape[1] != model.embed_dim:
         dim = classes.weights.shape[1]
         raise PromptError(f"The classifier has {dim}-d weights: build it with this model.")
