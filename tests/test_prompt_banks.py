@@ -19,7 +19,6 @@ from mmkd_utils.prompts import (
     MODALITY_TEMPLATES,
     BankError,
     Task,
-    class_prompts,
     get_task,
     list_modalities,
     list_tasks,
@@ -27,6 +26,7 @@ from mmkd_utils.prompts import (
     modality_task,
 )
 from mmkd_utils.prompts import banks as banks_module
+from mmkd_utils.prompts.text import class_prompts
 
 MODALITIES = [
     "chest_xray",

@@ -18,10 +18,6 @@ A problem raises :class:`BankError` naming the file, the field and (for YAML syn
 a repeated key) the line. The built-in banks are read once, at first use. The task
 ``"modality"`` has one class per bank: its ``modality``, with ``identification.names``
 and ``description`` as synonyms, and the templates :data:`MODALITY_TEMPLATES`.
-
-Example:
-    >>> list_tasks("chest_xray")
-    ['chest_xray/chexpert_5x200', 'chest_xray/rsna_pneumonia']
 """
 
 from __future__ import annotations

@@ -287,12 +287,14 @@ def evaluate_folder(
     clf = _classifier(model, task_or_classes, templates)
     names = clf.class_names
     mapping = match_folders([f.name for f in folders], names, folder_to_class)
-    notes = [f"Folder {f!r} left out (folder_to_class maps it to None)." for f in mapping]
-    notes = [note for note, c in zip(notes, mapping.values(), strict=True) if c is None]
+    notes, paths, truth, skipped = [], [], [], []
     loose = sum(_is_image(p.name) for p in folders[0].parent.iterdir() if p.is_file())
-    notes += [f"{loose} image(s) directly in {root} ignored: not in a class folder."] * bool(loose)
-    paths, truth, skipped = [], [], []
-    for folder in (f for f in folders if mapping[f.name] is not None):
+    if loose:
+        notes.append(f"{loose} image(s) directly in {root} ignored: not in a class folder.")
+    for folder in folders:
+        if mapping[folder.name] is None:
+            notes.append(f"Folder {folder.name!r} left out (folder_to_class maps it to None).")
+            continue
         images = list_images(folder)
         if not images:
             reason = f"class folder {folder.name!r} holds no image files"
