@@ -109,154 +109,146 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} ({text if len(text) <= 60 else text[:57] + '...'})"
 
 
-def _fail(path: str, where: str, problem: str, line: int | None = None) -> BankError:
-    at, field = (f", line {line}" if line else ""), (f" {where}:" if where else "")
-    return BankError(f"{path}{at}:{field} {problem}", path=path, field=where or None, line=line)
+def _fail(where: str, problem: str, line: int | None = None) -> BankError:
+    """A problem at ``where`` (a field such as ``tasks.t.classes``); the file is added later."""
+    return BankError(problem, field=where or None, line=line)
 
 
-def _unique_keys(node: yaml.Node | None, where: str, path: str, seen: set[int]) -> None:
+def _unique_keys(node: yaml.Node | None, where: str, seen: set[int]) -> None:
     """Refuse a key written twice in one mapping (``yaml.safe_load`` would keep the last)."""
     if id(node) in seen:  # an alias seen before (this also stops recursive aliases)
         return
     seen.add(id(node))
     for i, item in enumerate(node.value) if isinstance(node, yaml.SequenceNode) else []:
-        _unique_keys(item, f"{where}[{i}]", path, seen)
+        _unique_keys(item, f"{where}[{i}]", seen)
     lines: dict[tuple[str, str], int] = {}
     for key, value in node.value if isinstance(node, yaml.MappingNode) else []:
         if isinstance(key, yaml.ScalarNode) and not key.tag.endswith(":merge"):
             here, line = f"{where}.{key.value}" if where else key.value, key.start_mark.line + 1
             if (key.tag, key.value) in lines:
                 also = f"also on line {lines[key.tag, key.value]}"
-                raise _fail(path, here, f"the key {key.value!r} appears twice ({also}).", line)
+                raise _fail(here, f"the key {key.value!r} appears twice ({also}).", line)
             lines[key.tag, key.value] = line
-            _unique_keys(value, here, path, seen)
+            _unique_keys(value, here, seen)
 
 
-def _parse_yaml(text: str, path: str) -> Any:
-    """``text`` read as ``yaml.safe_load`` does; a syntax error names the file and the line."""
+def _parse_yaml(text: str) -> Any:
+    """``text`` read as ``yaml.safe_load`` does; a syntax error says on which line."""
     loader = None
     try:
         loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
-        _unique_keys(node, "", path, set())
+        _unique_keys(node, "", set())
         return None if node is None else loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         if mark is None:  # a character that YAML does not allow
-            raise _fail(path, "", f"invalid YAML ({err}).") from None
+            raise _fail("", f"invalid YAML ({err}).") from None
         problem = getattr(err, "problem", None) or getattr(err, "context", None) or "error"
         shown = re.split("\r\n|[\n\r\x85\u2028\u2029]", text)[mark.line :][:1]  # YAML's breaks
         if "{" in str(shown):
             problem += '; quote templates with {}, e.g. - "{} on a chest X-ray."'
-        column = f"column {mark.column + 1}"
-        raise _fail(path, "", f"invalid YAML ({column}: {problem}).", mark.line + 1) from None
+        line, problem = mark.line + 1, f"invalid YAML (column {mark.column + 1}: {problem})."
+        raise _fail("", problem, line) from None
     except RecursionError:
-        raise _fail(path, "", "invalid YAML (nested too deeply).") from None
+        raise _fail("", "invalid YAML (nested too deeply).") from None
     finally:
         if loader is not None:
             loader.dispose()
 
 
-def _mapping(data: Any, keys: tuple[str, ...], where: str, path: str) -> dict:
+def _mapping(data: Any, keys: tuple[str, ...], where: str) -> dict:
     """``data`` as a mapping with only ``keys`` (those ending in ``!`` required)."""
     allowed, label = [k.rstrip("!") for k in keys], where or "the top level"
     if not isinstance(data, dict):
         must = f"{label} must be a mapping of {', '.join(allowed)}"
-        raise _fail(path, where or "top level", f"{must}, not {_describe(data)}.")
+        raise _fail(where or "top level", f"{must}, not {_describe(data)}.")
     for key in data:
         if key not in allowed:
             hint = f"{_hint(key, allowed)} Allowed: {', '.join(allowed)}."
-            raise _fail(
-                path, f"{where}.{key}" if where else str(key), f"unknown key {key!r}.{hint}"
-            )
+            raise _fail(f"{where}.{key}" if where else str(key), f"unknown key {key!r}.{hint}")
     for key in (k[:-1] for k in keys if k.endswith("!")):
         if data.get(key) is None:
             missing = f"the required field {key!r} is missing or empty in {label}."
-            raise _fail(path, f"{where}.{key}" if where else key, missing)
+            raise _fail(f"{where}.{key}" if where else key, missing)
     return data
 
 
-def _text(value: Any, where: str, path: str) -> str:
-    """A non-blank string without spaces at either end."""
+def _text(value: Any, where: str, pattern: re.Pattern | None = None) -> str:
+    """A non-blank string without spaces at either end (matching ``pattern``, if given)."""
     if not isinstance(value, str):
         quote = "" if isinstance(value, (list, dict)) else "; quote it in the YAML file"
-        raise _fail(path, where, f"expected text, found {_describe(value)}{quote}.")
+        raise _fail(where, f"expected text, found {_describe(value)}{quote}.")
     if not value.strip():
-        raise _fail(path, where, "is empty or only whitespace.")
+        raise _fail(where, "is empty or only whitespace.")
     if value != value.strip():
-        raise _fail(path, where, f"{value!r} has spaces at an end; remove them.")
+        raise _fail(where, f"{value!r} has spaces at an end; remove them.")
+    if pattern and not pattern.match(value):
+        raise _fail(where, f"{value!r} must be lowercase letters, digits and _.")
     return value
 
 
-def _texts(value: Any, where: str, path: str) -> list[str]:
+def _texts(value: Any, where: str) -> list[str]:
     if value is not None and not isinstance(value, list):
-        raise _fail(path, where, f"expected a list of text, found {_describe(value)}.")
-    return [_text(item, f"{where}[{i}]", path) for i, item in enumerate(value or [])]
+        raise _fail(where, f"expected a list of text, found {_describe(value)}.")
+    return [_text(item, f"{where}[{i}]") for i, item in enumerate(value or [])]
 
 
-def _id(value: Any, where: str, path: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise _fail(path, where, f"{value!r} must be lowercase letters, digits and _.")
-    return value
-
-
-def _classes(value: Any, where: str, path: str) -> dict[str, tuple[str, ...]]:
+def _classes(value: Any, where: str) -> dict[str, tuple[str, ...]]:
     if isinstance(value, list):
         items = [(f"{where}[{i}]", name, None) for i, name in enumerate(value)]
     elif isinstance(value, dict):
         items = [(f"{where}.{name}", name, synonyms) for name, synonyms in value.items()]
     else:
         expected = "a mapping {class name: [synonyms]} or a list of class names"
-        raise _fail(path, where, f"expected {expected}, found {_describe(value)}.")
+        raise _fail(where, f"expected {expected}, found {_describe(value)}.")
     seen: dict[str, tuple[str, list[str]]] = {}
     for here, name, synonyms in items:
-        name = _text(name, here, path)
+        name = _text(name, here)
         if name.casefold() in seen:
             first = seen[name.casefold()][0]
-            raise _fail(path, here, f"duplicate class name {name!r} (same as {first!r}).")
-        seen[name.casefold()] = (name, _texts(synonyms, here, path))
+            raise _fail(here, f"duplicate class name {name!r} (same as {first!r}).")
+        seen[name.casefold()] = (name, _texts(synonyms, here))
     if len(seen) < 2:
-        raise _fail(path, where, f"a task needs at least 2 classes, found {len(seen)}.")
+        raise _fail(where, f"a task needs at least 2 classes, found {len(seen)}.")
     return normalize_classes(dict(seen.values()))
 
 
-def _templates(value: Any, where: str, path: str) -> tuple[str, ...]:
+def _templates(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise _fail(path, where, f"expected a list of templates, found {_describe(value)}.")
+        raise _fail(where, f"expected a list of templates, found {_describe(value)}.")
     for i, item in enumerate(value):
         if item == {}:  # an unquoted {} is an empty mapping
-            raise _fail(path, f"{where}[{i}]", 'a template with {} must be quoted: "{} ...".')
+            raise _fail(f"{where}[{i}]", 'a template with {} must be quoted: "{} ...".')
         if not isinstance(item, str):
-            raise _fail(path, f"{where}[{i}]", f"expected text, found {_describe(item)}.")
+            raise _fail(f"{where}[{i}]", f"expected text, found {_describe(item)}.")
     try:
         return check_templates(value)
     except PromptError as err:
-        raise _fail(path, where, str(err)) from None
+        raise _fail(where, str(err)) from None
 
 
-def _read_bank(text: str, path: str) -> SimpleNamespace:
-    """Check the YAML ``text`` of one bank; its fields, ``names`` and ``tasks``."""
-    data = _parse_yaml(text, path)
+def _check_bank(data: Any) -> SimpleNamespace:
+    """The parsed YAML of one bank, checked: its fields, ``names`` and ``tasks``."""
     if data is None:
-        raise _fail(path, "top level", "the file is empty; see mmkd_utils.prompts.banks.")
-    data = _mapping(data, _BANK_KEYS, "", path)
-    bank = SimpleNamespace(path=path, tasks=[])
-    for key in ("modality", "modality_id", "description"):
-        setattr(bank, key, _text(data[key], key, path))
-    _id(bank.modality_id, "modality_id", path)
-    ident = {} if data.get("identification") is None else data["identification"]
-    ident = _mapping(ident, ("names",), "identification", path)
-    bank.names = _texts(ident.get("names"), "identification.names", path)
-    if not isinstance(data["tasks"], dict) or not data["tasks"]:
-        tasks = _describe(data["tasks"])
-        raise _fail(path, "tasks", f"expected a mapping {{task id: task}}, found {tasks}.")
-    for task_id, spec in data["tasks"].items():
+        raise _fail("top level", "the file is empty; see mmkd_utils.prompts.banks.")
+    data = _mapping(data, _BANK_KEYS, "")
+    bank = SimpleNamespace(modality=_text(data["modality"], "modality"), tasks=[])
+    bank.modality_id = _text(data["modality_id"], "modality_id", _ID)
+    bank.description = _text(data["description"], "description")
+    ident = data.get("identification")
+    ident = {} if ident is None else _mapping(ident, ("names",), "identification")
+    bank.names = _texts(ident.get("names"), "identification.names")
+    tasks = data["tasks"]
+    if not isinstance(tasks, dict) or not tasks:
+        raise _fail("tasks", f"expected a mapping {{task id: task}}, found {_describe(tasks)}.")
+    for task_id, spec in tasks.items():
         where = f"tasks.{task_id}"
-        task_id = _id(task_id, where, path)
-        spec = _mapping(spec, _TASK_KEYS, where, path)
+        task_id = _text(task_id, where, _ID)
+        spec = _mapping(spec, _TASK_KEYS, where)
         optional = [k for k in _TASK_KEYS if spec.get(k) is not None and not k.endswith("!")]
-        texts = {k: _text(spec[k], f"{where}.{k}", path) for k in optional}
-        synonyms = _classes(spec["classes"], f"{where}.classes", path)
+        texts = {k: _text(spec[k], f"{where}.{k}") for k in optional}
+        synonyms = _classes(spec["classes"], f"{where}.classes")
         task = Task(
             name=f"{bank.modality_id}/{task_id}",
             modality=bank.modality,
@@ -265,11 +257,20 @@ def _read_bank(text: str, path: str) -> SimpleNamespace:
             source=texts.get("source", ""),
             class_names=tuple(synonyms),
             synonyms=synonyms,
-            templates=_templates(spec["templates"], f"{where}.templates", path),
+            templates=_templates(spec["templates"], f"{where}.templates"),
             notes=texts.get("notes", ""),
         )
         bank.tasks.append(task)
     return bank
+
+
+def _read_bank(text: str, path: str) -> SimpleNamespace:
+    """The checked bank in the YAML ``text``; an error names the file ``path``."""
+    try:
+        return _check_bank(_parse_yaml(text))
+    except BankError as err:
+        at = (f", line {err.line}" if err.line else "") + (f": {err.field}" if err.field else "")
+        raise BankError(f"{path}{at}: {err}", path=path, field=err.field, line=err.line) from None
 
 
 def load_bank(path: str | os.PathLike) -> list[Task]:
