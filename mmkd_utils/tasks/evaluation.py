@@ -29,8 +29,8 @@ from mmkd_utils.images.pipeline import DEFAULT_BATCH_SIZE, check_batch_size
 from mmkd_utils.model.classifier import ZeroShotClassifier
 
 #: File name endings of the images :func:`mmkd_utils.images.medical.load_image` reads.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm")
-IMAGE_SUFFIXES += (".dicom", ".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+IMAGE_SUFFIXES += (".dcm", ".dicom", ".nii", ".nii.gz")  # DICOM and NIfTI
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
 
@@ -202,7 +202,7 @@ def _embed(model: Any, paths: list[Path], size: int, on_error: str) -> tuple[Any
     """Embeddings of the readable ``paths`` and the failures ``(position, path, reason)``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedImagesWarning)
-        feats = model.encode_images(paths, size, on_error=on_error)
+        feats = model.encode_images(paths, batch_size=size, on_error=on_error)
     failed = []
     for warning in caught:  # the model's one SkippedImagesWarning lists the failures
         if isinstance(warning.message, SkippedImagesWarning):
