@@ -368,7 +368,9 @@ def get_task(name: str) -> Task:
         return replace(index[found[0]], synonyms=dict(index[found[0]].synonyms))
     if found:
         raise PromptError(f"Task id {name!r} is ambiguous: use the full name, {_or_list(found)}.")
+    bare = {n.rsplit("/", 1)[-1]: n for n in index}  # close full names, then close task ids
     close = [n for n in index if key and key in n] + difflib.get_close_matches(key, index)
+    close += [bare[b] for b in difflib.get_close_matches(key, bare)]
     if not close:
         raise PromptError(f"Unknown task {name!r}. Known tasks: {', '.join(index)}.")
     close = list(dict.fromkeys(close))[:5]

@@ -306,11 +306,13 @@ def evaluate_folder(
     if not paths:
         raise EvaluationError(f"No class folder under {root} holds image files: add some.")
     feats, failed = _embed(model, paths, size, on_error)
-    if skipped or failed:
-        message = f"Skipped {len(failed)} unreadable image(s) and {len(skipped)} empty class "
-        message += "folder(s); see result.skipped:"
-        message += "".join(f"\n  {path}: {reason}" for _, path, reason in (skipped + failed)[:10])
-        warnings.warn(SkippedImagesWarning(message, skipped + failed), stacklevel=2)
+    left_out = skipped + failed
+    if left_out:
+        lines = [f"  {path}: {reason}" for _, path, reason in left_out[:10]]
+        lines += [f"  ... and {len(left_out) - 10} more"] if len(left_out) > 10 else []
+        head = f"Skipped {len(failed)} unreadable image(s) and {len(skipped)} empty class folder(s)"
+        message = "\n".join([head + "; see result.skipped:", *lines])
+        warnings.warn(SkippedImagesWarning(message, left_out), stacklevel=2)
     kept = sorted(set(range(len(paths))) - {i for i, _, _ in failed})
     probs = (model.logit_scale * feats @ clf.weights.T).softmax(dim=-1).double().numpy()
     y = np.asarray([truth[i] for i in kept])
@@ -321,7 +323,7 @@ def evaluate_folder(
         names,
         len(kept),
         predictions=pd.DataFrame({**table, **dict(zip(names, probs.T, strict=True))}),
-        skipped=pd.DataFrame([(p, r) for _, p, r in skipped + failed], columns=["path", "reason"]),
+        skipped=pd.DataFrame([(p, r) for _, p, r in left_out], columns=["path", "reason"]),
         notes=notes + result.pop("notes"),
         **result,
     )
