@@ -300,10 +300,9 @@ def load_bank(path: str | os.PathLike) -> list[Task]:
 @functools.lru_cache(maxsize=1)
 def _builtin_banks() -> tuple[SimpleNamespace, ...]:
     """Every ``*.yaml`` file of this package, read once, sorted by file name."""
-    files = [
-        f for f in importlib.resources.files(__package__).iterdir() if f.name.endswith(".yaml")
-    ]
-    return tuple(_read_bank(f.read_text("utf-8"), str(f)) for f in sorted(files, key=str))
+    folder = importlib.resources.files(__package__)
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".yaml")), key=str)
+    return tuple(_read_bank(f.read_text("utf-8"), str(f)) for f in files)
 
 
 @functools.lru_cache(maxsize=1)
