@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from support import TINY
 
 from mmkd_utils import PromptError
-from mmkd_utils.model.classifier import class_prompts
 from mmkd_utils.prompts import (
     MODALITY_TEMPLATES,
     BankError,
@@ -27,6 +26,7 @@ from mmkd_utils.prompts import (
     modality_task,
 )
 from mmkd_utils.prompts import banks as banks_module
+from mmkd_utils.prompts.text import class_prompts
 
 MODALITIES = [
     "chest_xray",
