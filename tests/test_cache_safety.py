@@ -215,7 +215,7 @@ def test_failed_loads_never_delete_a_good_converted_copy(tmp_path, monkeypatch, 
         raise TextEncoderError(f"cannot read {source}")
 
     with monkeypatch.context() as m:
-        m.setattr(loading, "_load_text_config", broken)
+        m.setattr(loading, "load_text_config", broken)
         with pytest.warns(UserWarning, match="could not be used"), pytest.raises(TextEncoderError):
             load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
     assert _snapshot(folder) == before

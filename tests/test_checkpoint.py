@@ -23,7 +23,7 @@ from mmkd_utils.model.checkpoint import (
     text_shapes_from_state_dict,
     to_open_clip_keys,
 )
-from mmkd_utils.model.loading import _build_and_assign
+from mmkd_utils.model.loading import build_model
 
 SHAPES_FILE = Path(__file__).parent / "data" / "mmkd_b16_state_dict_shapes.json"
 
@@ -233,7 +233,7 @@ def test_folder_that_is_not_converted(tmp_path):
 def test_meta_buffers_are_restored(raw_state_dict):
     sd = normalize_state_dict(raw_state_dict)
     cfg = model_config_from_state_dict(sd, str(TINY_TEXT))
-    model = _build_and_assign(cfg, to_open_clip_keys(sd), "tiny")
+    model = build_model(cfg, to_open_clip_keys(sd), "tiny")
     ids = dict(model.named_buffers())["text.transformer.embeddings.position_ids"]
     assert ids.device.type == "cpu"
     assert torch.equal(ids[0], torch.arange(512))

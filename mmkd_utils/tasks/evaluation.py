@@ -47,7 +47,7 @@ from mmkd_utils.errors import (
     SkippedImagesWarning,
 )
 from mmkd_utils.model.classifier import ZeroShotClassifier
-from mmkd_utils.model.loading import DEFAULT_IMAGE_BATCH, _check_batch_size
+from mmkd_utils.images.pipeline import DEFAULT_BATCH_SIZE as DEFAULT_IMAGE_BATCH, check_batch_size as _check_batch_size
 
 if TYPE_CHECKING:
     import pandas as pd
