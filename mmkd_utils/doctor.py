@@ -701,7 +701,8 @@ def check_weights(verify: bool = False) -> Check:
         >>> check_weights().detail  # doctest: +SKIP
         '~/.cache/mmkd-clip/MMKD_B16.pth (default; 784 MB; not verified, ...)'
     """
-    from mmkd_utils.model.checkpoint import sniff as _sniff, model_config_from_state_dict, read_checkpoint
+    from mmkd_utils.model.checkpoint import model_config_from_state_dict, read_checkpoint
+    from mmkd_utils.model.checkpoint import sniff as _sniff
     from mmkd_utils.model.loading import CONFIG_NAME, WEIGHTS_NAME
 
     path, origin = _checkpoint_choice()

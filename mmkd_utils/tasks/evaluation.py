@@ -46,8 +46,9 @@ from mmkd_utils.errors import (
     PromptError,
     SkippedImagesWarning,
 )
+from mmkd_utils.images.pipeline import DEFAULT_BATCH_SIZE as DEFAULT_IMAGE_BATCH
+from mmkd_utils.images.pipeline import check_batch_size as _check_batch_size
 from mmkd_utils.model.classifier import ZeroShotClassifier
-from mmkd_utils.images.pipeline import DEFAULT_BATCH_SIZE as DEFAULT_IMAGE_BATCH, check_batch_size as _check_batch_size
 
 if TYPE_CHECKING:
     import pandas as pd
