@@ -1,9 +1,9 @@
 """From an MMKD-CLIP checkpoint to a model: build, fill, and cache a converted copy.
 
-The architecture is read from the tensor shapes; open_clip's ``CustomTextCLIP`` is built
-on the ``meta`` device (no random weights, no second copy in memory) and the weights are
-assigned. A converted copy is cached in open_clip's local-dir layout (config, safetensors,
-text config and tokenizer), so later loads are memory-mapped, pickle-free and fast.
+open_clip's ``CustomTextCLIP`` is built on the ``meta`` device (no random weights, no
+second copy in memory) and the checkpoint's tensors are assigned. A converted copy is
+cached in open_clip's local-dir layout (config, safetensors, text config and tokenizer),
+so later loads are memory-mapped and pickle-free.
 
 Example:
     >>> load_checkpoint_model(tiny_checkpoint, text_encoder=tiny_text_encoder)
@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,20 +33,17 @@ import mmkd_utils.config as config
 from mmkd_utils.download import download_checkpoint, file_identity, set_aside
 from mmkd_utils.errors import CheckpointError, TextEncoderError
 from mmkd_utils.model.checkpoint import (
-    check_keys,
     check_text_config,
     model_config_from_state_dict,
     read_checkpoint,
-    text_shapes_from_state_dict,
     to_open_clip_keys,
 )
 from mmkd_utils.model.clip import MMKDModel
 from mmkd_utils.model.device import resolve_device, resolve_precision
 
-#: open_clip's names of a converted copy's files, and the note of where it came from.
+#: open_clip's file names in a converted copy.
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
-SOURCE_NAME = "mmkd_source.json"
 #: Preprocessing of the published model: OpenAI CLIP mean/std, bicubic, centre crop.
 PREPROCESS_CFG = {
     "mean": (0.48145466, 0.4578275, 0.40821073),
@@ -60,7 +58,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def text_encoder_source(text_encoder: str | os.PathLike | None = None) -> str:
-    """The text encoder's folder (resolved) or hub id: the argument, ``MMKD_TEXT_ENCODER``, default.
+    """The text encoder's folder or hub id: the argument, ``MMKD_TEXT_ENCODER`` or BiomedBERT.
 
     Example:
         >>> text_encoder_source()
@@ -71,8 +69,11 @@ def text_encoder_source(text_encoder: str | os.PathLike | None = None) -> str:
     text_encoder = str(text_encoder or config.DEFAULT_TEXT_ENCODER)
     if Path(text_encoder).expanduser().is_dir():
         return str(Path(text_encoder).expanduser().resolve())
-    looks_like_path = text_encoder.startswith((".", "/", "~")) or text_encoder.count("/") > 1
-    if looks_like_path or "\\" in text_encoder:
+    if (
+        text_encoder.startswith((".", "/", "~"))
+        or text_encoder.count("/") > 1
+        or "\\" in text_encoder
+    ):
         raise TextEncoderError(
             f"text_encoder={text_encoder!r} looks like a folder, but no such folder exists. "
             "Pass a folder with config.json and the tokenizer files, or a Hugging Face hub "
@@ -99,13 +100,7 @@ def load_text_config(source: str) -> Any:
         ) from None
 
 
-def load_tokenizer(source: str, context_length: int = config.CONTEXT_LENGTH) -> HFTokenizer:
-    """open_clip's tokenizer for the text encoder ``source``.
-
-    Example:
-        >>> load_tokenizer(tiny_text_encoder)(["A chest X-ray."]).shape
-        torch.Size([1, 256])
-    """
+def _tokenizer(source: str, context_length: int) -> HFTokenizer:
     try:
         return HFTokenizer(source, context_length=context_length)
     except (OSError, ValueError) as err:
@@ -116,22 +111,24 @@ def load_tokenizer(source: str, context_length: int = config.CONTEXT_LENGTH) -> 
         ) from None
 
 
-def build_model(
-    model_cfg: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str = ""
-) -> torch.nn.Module:
-    """``CustomTextCLIP`` built on the meta device and given the open_clip-keyed weights.
+def build_model(model_cfg: dict, state_dict: dict[str, torch.Tensor], source: str = "") -> Any:
+    """``CustomTextCLIP`` built on the meta device, given the (open_clip-keyed) weights.
 
     Example:
         >>> sd = read_checkpoint(tiny_checkpoint)
-        >>> model = build_model(model_config_from_state_dict(sd, tiny_text_encoder),
-        ...                     to_open_clip_keys(sd))
-        >>> type(model).__name__
+        >>> cfg = model_config_from_state_dict(sd, tiny_text_encoder)
+        >>> type(build_model(cfg, to_open_clip_keys(sd))).__name__
         'CustomTextCLIP'
     """
     with torch.device("meta"):
         model = open_clip.CustomTextCLIP(**model_cfg)
-    check_keys({k: v.shape for k, v in model.state_dict().items()}, state_dict, source)
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{source or 'The checkpoint'} does not match the MMKD-CLIP architecture read from "
+            f"its shapes; is it a checkpoint of another model? {err}"
+        ) from None
     # Non-persistent buffers (BERT's position_ids, token_type_ids) are in no state dict:
     # left on meta, the forward pass would run and silently give wrong text embeddings.
     for module in model.modules():
@@ -148,26 +145,8 @@ def build_model(
     return model
 
 
-def make_preprocess(image_size: int) -> Any:
-    """The published preprocessing: shortest side to ``image_size`` (bicubic), centre crop.
-
-    Example:
-        >>> from PIL import Image
-        >>> make_preprocess(224)(Image.new("RGB", (300, 200))).shape
-        torch.Size([3, 224, 224])
-    """
-    return open_clip.image_transform(image_size, is_train=False, **PREPROCESS_CFG)
-
-
-def load_converted(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict, str]:
-    """A converted folder's model, ``model_cfg`` and text encoder source.
-
-    Example:
-        >>> clip = load_checkpoint_model(tiny_checkpoint, text_encoder=tiny_text_encoder)
-        >>> load_converted(converted_folder(tiny_checkpoint, tiny_text_encoder))[2] != ""
-        True
-    """
-    folder = Path(folder).expanduser()
+def _load_converted(folder: Path) -> tuple[Any, dict, str]:
+    """A converted folder's model, ``model_cfg`` and text encoder source."""
     for needed in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / needed).is_file():
             raise CheckpointError(
@@ -179,71 +158,51 @@ def load_converted(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict, st
         text_cfg = model_cfg["text_cfg"]
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{folder / CONFIG_NAME} is not a valid config ({err}).") from None
-    # The folder carries its own text config and tokenizer; prefer them to a stored path.
+    # The folder carries its own text config and tokenizer: prefer them to a stored path.
     own = (folder / "config.json").is_file()
-    text_source = str(folder.resolve()) if own else str(text_cfg.get("hf_model_name", ""))
-    text_cfg.update(hf_model_name=text_source, hf_tokenizer_name=text_source)
-    text_cfg["hf_model_pretrained"] = False
+    text = str(folder.resolve()) if own else str(text_cfg.get("hf_model_name", ""))
+    text_cfg.update(hf_model_name=text, hf_tokenizer_name=text, hf_model_pretrained=False)
     try:
         state_dict = load_file(folder / WEIGHTS_NAME)  # memory-mapped
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(
-            f"{folder / WEIGHTS_NAME} could not be read ({err}); delete the folder to convert "
-            "again."
+            f"{folder / WEIGHTS_NAME} could not be read ({err}); delete {folder} to convert again."
         ) from None
-    load_text_config(text_source)
-    return build_model(model_cfg, state_dict, str(folder / WEIGHTS_NAME)), model_cfg, text_source
+    load_text_config(text)
+    return build_model(model_cfg, state_dict, str(folder / WEIGHTS_NAME)), model_cfg, text
 
 
-def save_converted(
-    model: torch.nn.Module, model_cfg: dict, text_source: str, folder: Path, info: dict
-) -> Path:
-    """Write a converted copy into a temporary folder, then rename it into place.
-
-    A ``folder`` that already exists (another process was faster) is kept as it is.
-
-    Example:
-        >>> sd = read_checkpoint(tiny_checkpoint)
-        >>> cfg = model_config_from_state_dict(sd, tiny_text_encoder)
-        >>> model = build_model(cfg, to_open_clip_keys(sd))
-        >>> sorted(p.name for p in save_converted(model, cfg, tiny_text_encoder, tmp / "c", {})
-        ...        .glob("open_clip*"))
-        ['open_clip_config.json', 'open_clip_model.safetensors']
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
+def _save_converted(model: Any, model_cfg: dict, text: str, folder: Path, info: dict) -> None:
+    """Write a converted copy into a temporary folder, then rename it into place."""
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS_NAME)
-        load_text_config(text_source).save_pretrained(tmp)
-        load_tokenizer(text_source).tokenizer.save_pretrained(tmp)
+        load_text_config(text).save_pretrained(tmp)
+        _tokenizer(text, config.CONTEXT_LENGTH).tokenizer.save_pretrained(tmp)
         cfg = json.loads(json.dumps(model_cfg))
         here = str(folder.resolve())
         cfg["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
         preprocess_cfg = {"size": cfg["vision_cfg"]["image_size"], **PREPROCESS_CFG}
-        open_clip_config = {"model_cfg": cfg, "preprocess_cfg": preprocess_cfg}
-        (tmp / CONFIG_NAME).write_text(json.dumps(open_clip_config, indent=2), encoding="utf-8")
-        (tmp / SOURCE_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
-        if not folder.exists():
+        full = {"model_cfg": cfg, "preprocess_cfg": preprocess_cfg, "mmkd_source": info}
+        (tmp / CONFIG_NAME).write_text(json.dumps(full, indent=2), encoding="utf-8")
+        if not folder.exists():  # else another process was faster: keep its copy
             os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def converted_folder(checkpoint: str | os.PathLike, text_encoder: str | None = None) -> Path:
-    """Where the converted copy of ``checkpoint`` is cached (it may not exist yet).
-
-    The name hashes the file's path, size and time, so a changed file gets a new copy.
+    """Where the converted copy of ``checkpoint`` is cached; a changed file gets a new one.
 
     Example:
         >>> converted_folder(tiny_checkpoint, tiny_text_encoder).parent.name
         'converted'
     """
-    path = Path(checkpoint).expanduser()
+    path = Path(checkpoint).expanduser().resolve()
     st = path.stat()
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{text_encoder_source(text_encoder)}"
+    ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{text_encoder_source(text_encoder)}"
     return config.cache_dir() / "converted" / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -277,7 +236,7 @@ def _read_or_refetch(path: Path, refetch: bool) -> tuple[dict[str, torch.Tensor]
             raise
         problem = str(err)
     try:
-        aside = set_aside(path, seen)
+        aside = set_aside(path, seen)  # None: another process replaced it meanwhile
     except OSError as exc:
         raise CheckpointError(
             f"The cached checkpoint {path} is corrupt ({problem}), and it could not be moved "
@@ -290,20 +249,20 @@ def _read_or_refetch(path: Path, refetch: bool) -> tuple[dict[str, torch.Tensor]
             "(delete that file once you no longer need it) and is downloaded again.",
             stacklevel=4,
         )
-    path = download_checkpoint(path)  # another process may have fetched it meanwhile
+    path = download_checkpoint(path)
     return read_checkpoint(path), path
 
 
-def _save_conversion(model: torch.nn.Module, model_cfg: dict, path: Path, text: str) -> None:
+def _save_conversion(model: Any, model_cfg: dict, path: Path, text: str) -> None:
     """Cache the converted copy once, under a lock; only warn if the cache is not writable."""
     folder = converted_folder(path, text)
     st = path.stat()
-    info = {"checkpoint": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    info = {"checkpoint": str(path.resolve()), "size": st.st_size, "text_encoder": text}
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{folder}.lock", timeout=600):
             if not folder.is_dir():
-                save_converted(model, model_cfg, text, folder, {**info, "text_encoder": text})
+                _save_converted(model, model_cfg, text, folder, info)
     except (OSError, Timeout) as err:
         warnings.warn(
             f"Could not cache a converted copy in {folder.parent} ({err}); the model works, "
@@ -317,13 +276,11 @@ def _put_back(aside: Path | None, folder: Path) -> None:
     if aside is not None and folder.exists():
         shutil.rmtree(aside, ignore_errors=True)
     elif aside is not None:
-        try:
+        with contextlib.suppress(OSError):
             os.replace(aside, folder)
-        except OSError:
-            pass
 
 
-def _cached_or_convert(path: Path, text: str, refetch: bool) -> tuple[torch.nn.Module, dict]:
+def _cached_or_convert(path: Path, text: str, refetch: bool) -> tuple[Any, dict]:
     """The converted copy of ``path``, else ``path`` converted (and the copy cached).
 
     A copy that cannot be used is set aside and rebuilt; it is deleted only once the new
@@ -332,25 +289,22 @@ def _cached_or_convert(path: Path, text: str, refetch: bool) -> tuple[torch.nn.M
     folder, aside = converted_folder(path, text), None
     if folder.is_dir():
         try:
-            return load_converted(folder)[:2]
+            return _load_converted(folder)[:2]
         except (CheckpointError, TextEncoderError) as err:
             warnings.warn(
                 f"The converted copy {folder} could not be used ({err}); converting {path} again.",
                 stacklevel=3,
             )
-            aside = folder.parent / f".{folder.name}.broken-{os.getpid()}"
+            aside = folder.with_name(f".{folder.name}.broken-{os.getpid()}")
             shutil.rmtree(aside, ignore_errors=True)
             try:
                 os.replace(folder, aside)
-            except OSError:
+            except OSError:  # it stays, and the new copy is not cached
                 aside = None
     try:
         state_dict, path = _read_or_refetch(path, refetch)
-        if converted_folder(path, text) != folder:  # fetched again: a new copy
-            _put_back(aside, folder)
-            aside = None
         model_cfg = model_config_from_state_dict(state_dict, text)
-        check_text_config(text_shapes_from_state_dict(state_dict), load_text_config(text), text)
+        check_text_config(state_dict, load_text_config(text), text)
         model = build_model(model_cfg, to_open_clip_keys(state_dict), str(path))
         del state_dict
         _save_conversion(model, model_cfg, path, text)
@@ -368,7 +322,7 @@ def load_checkpoint_model(
 ) -> MMKDModel:
     """Load an MMKD-CLIP ``.pth`` file or converted folder (None: the released weights).
 
-    Arguments as :func:`mmkd_utils.load_model`, which calls this for a file or folder.
+    The arguments are those of :func:`mmkd_utils.load_model`, which calls this for a path.
 
     Example:
         >>> load_checkpoint_model(tiny_checkpoint, text_encoder=tiny_text_encoder).embed_dim
@@ -378,10 +332,12 @@ def load_checkpoint_model(
     prec = resolve_precision(precision, dev)
     path, is_default = _resolve_checkpoint(checkpoint)
     if path.is_dir():
-        model, model_cfg, text = load_converted(path)
+        model, model_cfg, text = _load_converted(path.expanduser())
     else:
         text = text_encoder_source(text_encoder)
         model, model_cfg = _cached_or_convert(path, text, refetch=is_default)
-    tokenizer = load_tokenizer(text, int(model_cfg["text_cfg"]["context_length"]))
-    preprocess = make_preprocess(int(model_cfg["vision_cfg"]["image_size"]))
+    tokenizer = _tokenizer(text, int(model_cfg["text_cfg"]["context_length"]))
+    preprocess = open_clip.image_transform(
+        int(model_cfg["vision_cfg"]["image_size"]), is_train=False, **PREPROCESS_CFG
+    )
     return MMKDModel(model, preprocess, tokenizer, dev, prec, source=str(path))
