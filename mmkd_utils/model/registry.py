@@ -1,11 +1,9 @@
 """Named models: MMKD-CLIP and two of the biomedical CLIPs it learned from, one API.
 
-``load_model(name)`` returns the same :class:`~mmkd_utils.model.clip.MMKDModel` for each
-name of :func:`list_models`, so models compare on the same images and prompts.
-``mmkd-clip-b16`` (default) and ``unimed-clip-b16`` share the MMKD-CLIP checkpoint layout;
-``biomedclip`` is built by open_clip from ``hf-hub:`` or a ``local-dir:`` folder. A
-model's environment variable (``MMKD_CHECKPOINT``, ``MMKD_UNIMED_CHECKPOINT``,
-``MMKD_BIOMEDCLIP``) points to a local copy.
+``load_model(name)`` gives the same :class:`~mmkd_utils.model.clip.MMKDModel` for every
+name of :func:`list_models`. ``unimed-clip-b16`` has MMKD-CLIP's checkpoint layout;
+``biomedclip`` is built by open_clip. Each model's variable (``MMKD_CHECKPOINT``,
+``MMKD_UNIMED_CHECKPOINT``, ``MMKD_BIOMEDCLIP``) may point to a local copy.
 
 Example:
     >>> list(list_models()["name"])
@@ -17,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +26,24 @@ import torch
 from huggingface_hub import hf_hub_download
 
 import mmkd_utils.config as config
-from mmkd_utils.download import download_url
 from mmkd_utils.errors import CheckpointError, DownloadError, TextEncoderError
 from mmkd_utils.model.checkpoint import model_config_from_state_dict, read_checkpoint, sniff
 from mmkd_utils.model.clip import MMKDModel
 from mmkd_utils.model.device import resolve_device, resolve_precision
 from mmkd_utils.model.loading import load_checkpoint_model, text_encoder_source
 
-#: The model ``load_model()`` loads when no name is given.
 DEFAULT_MODEL = "mmkd-clip-b16"
-#: The public Hugging Face hub; :data:`HUB_ENDPOINT` (else ``HF_ENDPOINT``) replaces it.
+#: The Hugging Face hub; :data:`HUB_ENDPOINT`, else ``HF_ENDPOINT``, replaces it.
 HUB_URL = "https://huggingface.co"
 HUB_ENDPOINT: str | None = None
-UNIMED_REPO = "UzairK/unimed-clip-vit-b16"
-UNIMED_FILE = "unimed-clip-vit-b16.pt"
+UNIMED_REPO, UNIMED_FILE = "UzairK/unimed-clip-vit-b16", "unimed-clip-vit-b16.pt"
 BIOMEDCLIP_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: what it is, where it comes from, how it loads (``kind``).
+    """A registered model: what it is, where it comes from, and how it loads (``kind``).
 
     Example:
         >>> MODELS["biomedclip"].kind, MODELS["biomedclip"].context_length
@@ -57,7 +52,7 @@ class ModelSpec:
 
     name: str
     title: str
-    description: str
+    default: bool
     kind: str  # "mmkd-checkpoint" (the MMKD-CLIP loader) or "open_clip"
     architecture: str
     source: str
@@ -67,79 +62,52 @@ class ModelSpec:
     env: str
     citation: str
     url: str
-    default: bool = False
+    description: str
 
 
 _OPENAI = "224 px: shortest side resized (bicubic), centre crop, OpenAI CLIP mean/std"
 _VIT_BERT = "ViT-B/16 (QuickGELU) + BiomedBERT, MLP projection, 512-d"
-#: The registered models, by name, in the order :func:`list_models` lists them.
+#: The registered models, in the order :func:`list_models` lists them.
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec(
-            "mmkd-clip-b16",
-            "MMKD-CLIP ViT-B/16",
-            "Distilled from nine biomedical CLIP models (among them UniMed-CLIP and "
-            "BiomedCLIP); nine imaging modalities.",
-            "mmkd-checkpoint",
-            _VIT_BERT,
+            *("mmkd-clip-b16", "MMKD-CLIP ViT-B/16", True, "mmkd-checkpoint", _VIT_BERT),
             f"Google Drive: {config.CHECKPOINT_NAME} (file id {config.DRIVE_FILE_ID})",
             "not recorded here: check the MMKD-CLIP repository",
-            _OPENAI,
-            config.CONTEXT_LENGTH,
-            "MMKD_CHECKPOINT",
+            *(_OPENAI, config.CONTEXT_LENGTH, "MMKD_CHECKPOINT"),
             "Wang et al., arXiv:2506.22567 (2025)",
             "https://github.com/wangshansong1/MMKD-CLIP",
-            default=True,
+            "Distilled from nine biomedical CLIP models (among them UniMed-CLIP and "
+            "BiomedCLIP); nine imaging modalities.",
         ),
         ModelSpec(
-            "unimed-clip-b16",
-            "UniMed-CLIP ViT-B/16",
-            "Trained on UniMed, 5.3 million open image-text pairs of six modalities "
-            "(X-ray, CT, MRI, ultrasound, pathology, fundus).",
-            "mmkd-checkpoint",
-            _VIT_BERT,
+            *("unimed-clip-b16", "UniMed-CLIP ViT-B/16", False, "mmkd-checkpoint", _VIT_BERT),
             f"Hugging Face hub: {UNIMED_REPO}, file {UNIMED_FILE}",
             "CC BY-NC 4.0 (model card): non-commercial use only",
-            _OPENAI,
-            256,
-            "MMKD_UNIMED_CHECKPOINT",
+            *(_OPENAI, 256, "MMKD_UNIMED_CHECKPOINT"),
             "Khattak et al., arXiv:2412.10372 (2024)",
             "https://github.com/mbzuai-oryx/UniMed-CLIP",
+            "Trained on UniMed, 5.3 million open image-text pairs of six modalities "
+            "(X-ray, CT, MRI, ultrasound, pathology, fundus).",
         ),
         ModelSpec(
-            "biomedclip",
-            "BiomedCLIP",
-            "Trained on PMC-15M, 15 million figure-caption pairs from PubMed Central articles.",
-            "open_clip",
+            *("biomedclip", "BiomedCLIP", False, "open_clip"),
             "ViT-B/16 (timm) + PubMedBERT (BiomedBERT), MLP projection, 512-d",
             f"Hugging Face hub: {BIOMEDCLIP_ID} (open_clip)",
             "MIT (model card)",
             "its own open_clip preprocessing (open_clip_config.json)",
-            256,
-            "MMKD_BIOMEDCLIP",
-            "Zhang et al., NEJM AI (2025), arXiv:2303.00915",
+            *(256, "MMKD_BIOMEDCLIP", "Zhang et al., NEJM AI (2025), arXiv:2303.00915"),
             f"https://huggingface.co/{BIOMEDCLIP_ID}",
+            "Trained on PMC-15M, 15 million figure-caption pairs from PubMed Central articles.",
         ),
     )
 }
 #: Where weights come from when neither ``source=`` nor the model's variable says:
 #: None is the published location; for ``biomedclip`` an open_clip id or a folder.
-SOURCES: dict[str, str | None] = {
-    "mmkd-clip-b16": None,
-    "unimed-clip-b16": None,
-    "biomedclip": HF_HUB + BIOMEDCLIP_ID,
+SOURCES: dict[str, str | None] = {name: None for name in MODELS} | {
+    "biomedclip": HF_HUB + BIOMEDCLIP_ID
 }
-
-
-def model_names() -> list[str]:
-    """Names of the registered models, default first.
-
-    Example:
-        >>> model_names()
-        ['mmkd-clip-b16', 'unimed-clip-b16', 'biomedclip']
-    """
-    return list(MODELS)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -159,21 +127,17 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def list_models() -> pd.DataFrame:
-    """The registered models as a table (one row each, default first, ``name`` column first).
+    """The registered models as a table, one row each, the default first.
 
     Example:
         >>> list_models().set_index("name").loc["biomedclip", "licence"]
         'MIT (model card)'
     """
-    first, last = ["name", "title", "default"], ["description"]
-    middle = [f.name for f in fields(ModelSpec) if f.name not in first + last]
-    return pd.DataFrame([asdict(s) for s in MODELS.values()], columns=first + middle + last)
+    return pd.DataFrame([asdict(spec) for spec in MODELS.values()])
 
 
 def is_model_name(value: Any) -> bool:
     """True when ``load_model(value)`` means a name: a registered one, or a word that is no file.
-
-    A misspelt name then gets the list of names, not "file not found".
 
     Example:
         >>> is_model_name("biomedclip"), is_model_name("weights/MMKD_B16.pth")
@@ -224,14 +188,11 @@ def load_model(
 
 
 def load_registered(
-    name: str,
-    *,
-    source: str | os.PathLike | None = None,
-    text_encoder: str | os.PathLike | None = None,
-    device: str | torch.device = "auto",
-    precision: str = "auto",
+    name: str, *, source: str | os.PathLike | None = None, **kwargs: Any
 ) -> MMKDModel:
     """Load a registered model; ``source`` overrides where its weights come from.
+
+    ``kwargs``: ``text_encoder``, ``device`` and ``precision``, as for :func:`load_model`.
 
     Example:
         >>> load_registered("mmkd-clip-b16", source=tiny_checkpoint,
@@ -240,11 +201,10 @@ def load_registered(
     """
     spec = get_spec(name)
     where = resolve_source(name, source)
-    kwargs = {"text_encoder": text_encoder, "device": device, "precision": precision}
     if spec.kind == "open_clip":
         clip = _load_open_clip(spec, where or HF_HUB + BIOMEDCLIP_ID, **kwargs)
     elif name == "unimed-clip-b16":
-        path = unimed_checkpoint(where)  # downloaded first: its check allows NumPy scalars too
+        path = unimed_checkpoint(where)
         with allow_numpy_scalars():
             clip = load_checkpoint_model(path, **kwargs)
     else:  # MMKD_CHECKPOINT is left to the loader, which explains a wrong path itself
@@ -254,28 +214,18 @@ def load_registered(
     return clip
 
 
-# --------------------------------------------------------------------------- UniMed-CLIP
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def hub_endpoint() -> str:
-    """Base URL of the Hugging Face hub: :data:`HUB_ENDPOINT`, ``HF_ENDPOINT`` or the public hub.
+    """Base URL of the Hugging Face hub: :data:`HUB_ENDPOINT`, ``HF_ENDPOINT`` or the public one.
 
     Example:
         >>> hub_endpoint().startswith("http")
         True
     """
-    base = HUB_ENDPOINT or os.environ.get("HF_ENDPOINT", "").strip() or HUB_URL
-    return base.rstrip("/")
-
-
-def unimed_url() -> str:
-    """Download URL of ``unimed-clip-vit-b16.pt`` (``main`` revision).
-
-    Example:
-        >>> unimed_url().endswith("/resolve/main/unimed-clip-vit-b16.pt")
-        True
-    """
-    return f"{hub_endpoint()}/{UNIMED_REPO}/resolve/main/{UNIMED_FILE}"
+    return (HUB_ENDPOINT or os.environ.get("HF_ENDPOINT", "").strip() or HUB_URL).rstrip("/")
 
 
 def unimed_cache_path() -> Path:
@@ -286,10 +236,6 @@ def unimed_cache_path() -> Path:
         'unimed'
     """
     return config.cache_dir() / "unimed" / UNIMED_FILE
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def unimed_checkpoint(source: str | os.PathLike | None = None) -> Path:
@@ -307,27 +253,27 @@ def unimed_checkpoint(source: str | os.PathLike | None = None) -> Path:
                 f"Fix the path, or unset {env} to download {UNIMED_FILE} into the cache."
             )
         return Path(source).expanduser()
-    dest, url = unimed_cache_path(), unimed_url()
+    dest, url = unimed_cache_path(), f"{hub_endpoint()}/{UNIMED_REPO}/resolve/main/{UNIMED_FILE}"
     if dest.is_file():
         return dest
+    todo = f"Download {url} by hand and put it at {dest}, or set {env} to a copy of the file."
     if _hub_offline():
+        raise DownloadError(f"UniMed-CLIP is not in the cache, and HF_HUB_OFFLINE is set. {todo}")
+    try:  # hf_hub_download writes atomically, under a lock, and resumes an interrupted file
+        hf_hub_download(UNIMED_REPO, UNIMED_FILE, local_dir=dest.parent, endpoint=hub_endpoint())
+    except Exception as err:
         raise DownloadError(
-            f"UniMed-CLIP's weights are not in the cache, and HF_HUB_OFFLINE is set, so they "
-            f"are not downloaded. Download {url} on a machine with network access and put "
-            f"it at {dest}, or set {env} to the file."
-        )
+            f"The download of {url} was interrupted or failed ({err}). {todo}"
+        ) from None
     try:
-        return download_url(url, dest, verify=_verify_unimed, desc=UNIMED_FILE)
-    except DownloadError as err:
-        raise DownloadError(f"{err} You can also set {env} to a copy of the file.") from err
-
-
-def _verify_unimed(part: Path) -> None:
-    """Raise unless ``part`` is a checkpoint of the UniMed/MMKD-CLIP layout."""
-    if (problem := sniff(part)) and "web page" in problem:
-        raise DownloadError("the hub sent a web page (HTML) instead of the weights")
-    with allow_numpy_scalars():
-        model_config_from_state_dict(read_checkpoint(part))
+        if (problem := sniff(dest)) and "web page" in problem:
+            raise CheckpointError("the hub sent a web page (HTML) instead of the weights")
+        with allow_numpy_scalars():
+            model_config_from_state_dict(read_checkpoint(dest))
+    except CheckpointError as err:
+        dest.unlink()
+        raise DownloadError(f"{url} did not verify and was deleted: {err}. {todo}") from None
+    return dest
 
 
 @contextlib.contextmanager
@@ -342,8 +288,8 @@ def allow_numpy_scalars() -> Iterator[None]:
         from numpy._core.multiarray import scalar
     except ImportError:  # NumPy 1.x
         from numpy.core.multiarray import scalar
-    dtypes = sorted({type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"}, key=str)
     names = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+    dtypes = sorted({type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"}, key=str)
     safe_globals = getattr(torch.serialization, "safe_globals", None)
     if safe_globals is None:  # torch < 2.5: such checkpoints are refused, with a clear error
         yield
@@ -352,75 +298,53 @@ def allow_numpy_scalars() -> Iterator[None]:
         yield
 
 
-# --------------------------------------------------------------------------- BiomedCLIP
-
-
-def _open_clip_id(source: str) -> str:
-    """``source`` as an open_clip model id: a folder becomes ``local-dir:<folder>``."""
-    if source.startswith(HF_HUB):
-        return source
-    path = Path(source.removeprefix(LOCAL_DIR)).expanduser()
-    if not path.is_dir():
-        raise CheckpointError(
-            f"BiomedCLIP source {source!r} is neither 'hf-hub:<repo>' nor an existing "
-            "folder. Pass a folder holding open_clip_config.json, the weights and the "
-            "tokenizer files (set MMKD_BIOMEDCLIP to it), or unset MMKD_BIOMEDCLIP."
-        )
-    return LOCAL_DIR + str(path.resolve())
-
-
-def _fetch_hub_model(repo_id: str, spec: ModelSpec) -> None:
-    """Put the config and weights of an open_clip hub model into the hub cache."""
-    offline = {"local_files_only": True} if _hub_offline() else {}
-    try:
-        hf_hub_download(repo_id, "open_clip_config.json", **offline)
+def _load_open_clip(spec: ModelSpec, source: str, text_encoder: Any = None, **kwargs) -> MMKDModel:
+    """An open_clip model (BiomedCLIP) from ``hf-hub:<repo>`` or a folder, as an MMKDModel."""
+    if not source.startswith(HF_HUB):
+        folder = Path(source.removeprefix(LOCAL_DIR)).expanduser()
+        if not folder.is_dir():
+            raise CheckpointError(
+                f"{spec.title} source {source!r} is neither 'hf-hub:<repo>' nor an existing "
+                "folder. Pass a folder with open_clip_config.json, the weights and the "
+                f"tokenizer files (set {spec.env} to it), or unset {spec.env}."
+            )
+        source = LOCAL_DIR + str(folder.resolve())
+    else:  # fetch config and weights first, so that a failure names what to download
+        repo, local = source.removeprefix(HF_HUB), {"local_files_only": _hub_offline()}
         try:
-            hf_hub_download(repo_id, "open_clip_model.safetensors", **offline)
-        except Exception:  # BiomedCLIP publishes the .bin only; open_clip tries both
-            hf_hub_download(repo_id, "open_clip_pytorch_model.bin", **offline)
-    except Exception as err:
-        raise DownloadError(
-            f"Could not get {spec.title} from the Hugging Face hub ({repo_id}): "
-            f"{str(err).strip().splitlines()[0]}. Without network, download "
-            "open_clip_config.json, open_clip_pytorch_model.bin and the tokenizer files "
-            f"(vocab.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json) "
-            f"from https://huggingface.co/{repo_id} into a folder and set {spec.env} to "
-            "it; set MMKD_TEXT_ENCODER to a folder with the BiomedBERT config.json."
-        ) from None
-
-
-def _load_open_clip(
-    spec: ModelSpec, source: str, text_encoder: Any, device: Any, precision: str
-) -> MMKDModel:
-    """An open_clip model (BiomedCLIP) as an :class:`MMKDModel`."""
-    model_id = _open_clip_id(source)
-    if model_id.startswith(HF_HUB):
-        _fetch_hub_model(model_id.removeprefix(HF_HUB), spec)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+            hf_hub_download(repo, "open_clip_config.json", **local)
+            hf_hub_download(repo, "open_clip_pytorch_model.bin", **local)
+        except Exception as err:
+            raise DownloadError(
+                f"Could not get {spec.title} from the Hugging Face hub ({repo}): {err}. "
+                "Without network, download open_clip_config.json, open_clip_pytorch_model.bin "
+                "and the tokenizer files (vocab.txt, tokenizer.json, tokenizer_config.json) "
+                f"from https://huggingface.co/{repo} into a folder and set {spec.env} to it."
+            ) from None
+    dev = resolve_device(kwargs.get("device", "auto"))
+    prec = resolve_precision(kwargs.get("precision", "auto"), dev)
     overrides: dict[str, Any] = {}
     try:
         if text_encoder is not None or os.environ.get("MMKD_TEXT_ENCODER", "").strip():
             text = text_encoder_source(text_encoder)  # BiomedBERT's config, as for MMKD-CLIP
-            text_cfg = open_clip.get_model_config(model_id)["text_cfg"]
+            text_cfg = open_clip.get_model_config(source)["text_cfg"]
             overrides["text_cfg"] = {
                 **text_cfg,
                 "hf_model_name": text,
                 "hf_model_pretrained": False,
             }
-        model, _, preprocess = open_clip.create_model_and_transforms(model_id, **overrides)
-        tokenizer = open_clip.get_tokenizer(model_id)
+        model, _, preprocess = open_clip.create_model_and_transforms(source, **overrides)
+        tokenizer = open_clip.get_tokenizer(source)
     except OSError as err:
         raise TextEncoderError(
-            f"Could not build {spec.title} from {model_id}: {str(err).splitlines()[0]}. Its "
-            "text tower needs the BiomedBERT config (and, from the hub, its tokenizer): "
-            "without network, pass text_encoder=<folder with config.json> or set "
-            f"MMKD_TEXT_ENCODER, and set {spec.env} to a local copy of the model."
+            f"Could not build {spec.title} from {source}: {str(err).splitlines()[0]}. Its "
+            "text tower needs the BiomedBERT config: without network, pass text_encoder="
+            f"<folder with config.json> or set MMKD_TEXT_ENCODER, and set {spec.env}."
         ) from None
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
-            f"Could not build {spec.title} from {model_id}: {str(err).splitlines()[0]}. "
-            "Check that the folder holds the model's own open_clip_config.json and weights, "
-            "and that text_encoder / MMKD_TEXT_ENCODER (if set) is BiomedBERT."
+            f"Could not build {spec.title} from {source}: {str(err).splitlines()[0]}. Check "
+            "the folder's open_clip_config.json and weights, and that text_encoder / "
+            "MMKD_TEXT_ENCODER (if set) is BiomedBERT."
         ) from None
-    return MMKDModel(model, preprocess, tokenizer, dev, prec, source=model_id)
+    return MMKDModel(model, preprocess, tokenizer, dev, prec, source=source)
