@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from support import TINY
 
 from mmkd_utils import PromptError
-from mmkd_utils.model.classifier import class_prompts
 from mmkd_utils.prompts import (
     MODALITY_TEMPLATES,
     BankError,
     Task,
+    class_prompts,
     get_task,
     list_modalities,
     list_tasks,

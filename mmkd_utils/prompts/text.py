@@ -1,0 +1,101 @@
+"""Prompt text: prompt lists, classes with their synonyms, and templates.
+
+A class is described by its name and synonyms, each put into every template (``{}``
+marks where the name goes); :mod:`mmkd_utils.model.classifier` averages their embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from mmkd_utils.errors import PromptError
+
+
+def check_prompts(prompts: str | Iterable[str], name: str = "prompts") -> list[str]:
+    """``prompts`` as a list of str (one string is one prompt); unusable input raises PromptError.
+
+    Example:
+        >>> check_prompts(["a", "  "])
+        Traceback (most recent call last):
+        ...
+        mmkd_utils.errors.PromptError: prompts[1] is empty or only whitespace...
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    try:
+        items = list(prompts)
+    except TypeError:
+        raise PromptError(
+            f"{name} must be a string or a list of strings, not {type(prompts).__name__}."
+        ) from None
+    if not items:
+        raise PromptError(f"{name} is empty: pass at least one prompt, e.g. ['A chest X-ray.'].")
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise PromptError(
+                f"{name}[{i}] is a {type(text).__name__} ({text!r}), not a string: pass the "
+                "prompts as text."
+            )
+        if not text.strip():
+            raise PromptError(
+                f"{name}[{i}] is empty or only whitespace; remove it or write a prompt."
+            )
+    return items
+
+
+def normalize_classes(
+    classes: Sequence[str] | Mapping[str, Sequence[str]],
+) -> dict[str, tuple[str, ...]]:
+    """``{class name: (name, synonym, ...)}`` from a list of names or a mapping of synonyms.
+
+    Example:
+        >>> normalize_classes({"edema": ["pulmonary edema"], "normal": None})
+        {'edema': ('edema', 'pulmonary edema'), 'normal': ('normal',)}
+    """
+    if isinstance(classes, str):
+        raise PromptError(
+            f"classes={classes!r} is one string; pass a list of class names, a mapping "
+            "{class: [synonyms]}, or a task name to model.classifier(...)."
+        )
+    if isinstance(classes, Mapping):
+        items = [(name, list(synonyms or [])) for name, synonyms in classes.items()]
+    else:
+        items = [(name, []) for name in check_prompts(list(classes), name="class_names")]
+    out: dict[str, tuple[str, ...]] = {}
+    for name, synonyms in items:
+        names = check_prompts([name, *synonyms], name=f"class {name!r}")
+        if name in out:
+            raise PromptError(f"class name {name!r} appears twice; class names must be unique.")
+        out[name] = tuple(dict.fromkeys(names))  # the name first, duplicates dropped
+    if not out:
+        raise PromptError("no classes given: pass at least one class name.")
+    return out
+
+
+def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
+    """The templates as a tuple, each with ``{}`` exactly once; None means the name alone.
+
+    Example:
+        >>> check_templates(None), check_templates(["A chest X-ray showing {}."])
+        (('{}',), ('A chest X-ray showing {}.',))
+    """
+    if templates is None:
+        return ("{}",)
+    items = check_prompts(templates, name="templates")
+    for i, template in enumerate(items):
+        if template.count("{}") != 1:
+            raise PromptError(
+                f"templates[{i}] = {template!r} must contain '{{}}' exactly once, where the "
+                "class name goes, e.g. 'A chest X-ray showing {}.'"
+            )
+    return tuple(items)
+
+
+def class_prompts(names: Iterable[str], templates: Sequence[str]) -> tuple[str, ...]:
+    """Every template filled with every name of one class.
+
+    Example:
+        >>> class_prompts(["edema", "oedema"], ["A chest X-ray showing {}."])
+        ('A chest X-ray showing edema.', 'A chest X-ray showing oedema.')
+    """
+    return tuple(t.replace("{}", n) for n in names for t in templates)
