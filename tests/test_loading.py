@@ -256,27 +256,22 @@ def test_auto_image_batch_size(monkeypatch):
     assert auto_image_batch_size(cuda) == 1
 
 
-def test_cuda_transfers_go_through_pinned_memory():
-    from mmkd_utils.model.device import to_device
+def test_cuda_batches_come_in_pinned_memory(tiny_model, monkeypatch):
+    import mmkd_utils.model.clip as clip_module
 
     calls = []
+    real = clip_module.image_batches
 
-    class FakeBatch:
-        device = torch.device("cpu")
+    def spy(*args, **kwargs):
+        calls.append(kwargs["pin_memory"])
+        return real(*args, **{**kwargs, "pin_memory": False})
 
-        def pin_memory(self):
-            calls.append("pin")
-            return self
-
-        def to(self, device, non_blocking=False):
-            calls.append(("to", device.type, non_blocking))
-            return self
-
-    to_device(FakeBatch(), torch.device("cuda"))
-    assert calls == ["pin", ("to", "cuda", True)]
-    calls.clear()
-    to_device(FakeBatch(), torch.device("cpu"))
-    assert calls == [("to", "cpu", False)]
+    monkeypatch.setattr(clip_module, "image_batches", spy)
+    tiny_model.encode_images([np.zeros((8, 8), np.uint8)])
+    monkeypatch.setattr(tiny_model, "device", torch.device("cuda"))
+    monkeypatch.setattr(tiny_model, "encode_pixels", lambda pixels: torch.zeros(len(pixels), 64))
+    tiny_model.encode_images([np.zeros((8, 8), np.uint8)])
+    assert calls == [False, True]
 
 
 def test_default_batch_size_comes_from_the_device(tiny_model):

@@ -183,7 +183,7 @@ def check_text_config(state_dict: Mapping[str, torch.Tensor], hf_config: Any, so
         >>> from transformers import BertConfig
         >>> check_text_config(read_checkpoint(tiny_checkpoint), BertConfig(), "bert-base")
         Traceback (most recent call last):
-        TextEncoderError: The text encoder config from bert-base does not fit...
+        mmkd_utils.errors.TextEncoderError: The text encoder config from bert-base does not fit...
     """
     words = state_dict["text_encoder.transformer.embeddings.word_embeddings.weight"].shape
     positions = state_dict["text_encoder.transformer.embeddings.position_embeddings.weight"]

@@ -1,8 +1,7 @@
 """Zero-shot classifiers: one weight vector per class, averaged over prompt templates.
 
-Each template (and synonym) of a class is embedded and L2-normalised; their mean,
-normalised again, is the class's weight vector. Zero-shot probabilities are then
-softmax(exp(logit_scale) · image · weightsᵀ).
+Each prompt of a class (every template filled with every synonym) is embedded and
+L2-normalised; their mean, normalised again, is the class's weight vector.
 
 Example:
     >>> clf = clip.classifier(["pneumonia", "normal lungs"], ["A chest X-ray showing {}."])
@@ -12,14 +11,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from mmkd_utils.errors import PromptError
-from mmkd_utils.prompts import check_prompts
+from mmkd_utils.prompts import check_templates, class_prompts, normalize_classes
 
 
 @dataclass(frozen=True)
@@ -46,64 +44,6 @@ class ZeroShotClassifier:
             f"ZeroShotClassifier({label}{len(self)} classes, {n_prompts} prompts, "
             f"dim={self.weights.shape[1]})"
         )
-
-
-def normalize_classes(
-    classes: Sequence[str] | Mapping[str, Sequence[str]],
-) -> dict[str, tuple[str, ...]]:
-    """``{class name: (name, synonym, ...)}`` from a list or a mapping of synonyms.
-
-    Example:
-        >>> normalize_classes({"edema": ["pulmonary edema"]})
-        {'edema': ('edema', 'pulmonary edema')}
-    """
-    if isinstance(classes, str):
-        raise PromptError(
-            f"classes={classes!r} is one string; pass a list of class names, a mapping "
-            "{class: [synonyms]}, or a task name to model.classifier(...)."
-        )
-    if isinstance(classes, Mapping):
-        items = [(name, list(syn or [])) for name, syn in classes.items()]
-    else:
-        items = [(name, []) for name in check_prompts(list(classes), name="class_names")]
-    out: dict[str, tuple[str, ...]] = {}
-    for name, synonyms in items:
-        names = check_prompts([name, *synonyms], name=f"class {name!r}")
-        if name in out:
-            raise PromptError(f"class name {name!r} appears twice; class names must be unique.")
-        out[name] = tuple(dict.fromkeys(names))  # the name first, duplicates dropped
-    if not out:
-        raise PromptError("no classes given: pass at least one class name.")
-    return out
-
-
-def class_prompts(names: Iterable[str], templates: Sequence[str]) -> tuple[str, ...]:
-    """Every template filled with every name of one class (``{}`` marks the name).
-
-    Example:
-        >>> class_prompts(["edema"], ["A chest X-ray showing {}.", "{}"])
-        ('A chest X-ray showing edema.', 'edema')
-    """
-    return tuple(t.replace("{}", n) for n in names for t in templates)
-
-
-def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
-    """Templates as a tuple, each with ``{}`` exactly once; None means the name itself.
-
-    Example:
-        >>> check_templates(None)
-        ('{}',)
-    """
-    if templates is None:
-        return ("{}",)
-    items = check_prompts(templates, name="templates")
-    for i, template in enumerate(items):
-        if template.count("{}") != 1:
-            raise PromptError(
-                f"templates[{i}] = {template!r} must contain '{{}}' exactly once, where the "
-                "class name goes, e.g. 'A chest X-ray showing {}.'"
-            )
-    return tuple(items)
 
 
 def build_classifier(

@@ -1,7 +1,7 @@
 """``MMKDModel``: a loaded CLIP model, from images and prompts to zero-shot probabilities.
 
-``encode_images`` and ``encode_texts`` give L2-normalised embeddings in one joint space;
-``zero_shot`` turns their cosine similarities into probabilities, as the MMKD-CLIP demo.
+``encode_images``, ``encode_texts``: L2-normalised embeddings in one joint space;
+``zero_shot``: their cosine similarities as probabilities, as in the MMKD-CLIP demo.
 
 Example:
     >>> probs = clip.zero_shot([xray], ["A chest X-ray.", "A fundus photograph."])
@@ -33,7 +33,7 @@ from mmkd_utils.errors import (
 from mmkd_utils.images.decode import ImageInput
 from mmkd_utils.images.pipeline import check_batch_size, image_batches
 from mmkd_utils.model.classifier import ZeroShotClassifier, build_classifier
-from mmkd_utils.model.device import auto_image_batch_size, autocast_dtype, to_device
+from mmkd_utils.model.device import auto_image_batch_size
 from mmkd_utils.prompts import check_prompts, get_task
 
 #: Prompts embedded per forward pass.
@@ -43,8 +43,7 @@ DEFAULT_TEXT_BATCH = 64
 class MMKDModel:
     """A CLIP model ready for inference: the open_clip ``model``, ``preprocess`` and ``tokenizer``.
 
-    Also ``device``, ``precision``, ``source`` (where the weights came from) and
-    ``model_name`` (the registered name, if loaded by name).
+    Also ``device``, ``precision``, ``source`` (of the weights), ``model_name`` (if by name).
 
     Example:
         >>> clip
@@ -101,9 +100,7 @@ class MMKDModel:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of every weight tensor (name, shape, dtype, bytes) and of the preprocessing.
-
-        Equal fingerprints give equal embeddings, so embedding caches are keyed by it.
+        """SHA-256 of the weights and the preprocessing: the key of embedding caches.
 
         Example:
             >>> len(clip.fingerprint)
@@ -121,9 +118,8 @@ class MMKDModel:
 
     def _forward(self, encode: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor):
         """``encode(batch)`` in float32; a half-precision NaN or inf is computed again in fp32."""
-        dtype = autocast_dtype(self.precision)
-        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else None
-        with autocast or contextlib.nullcontext():
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             feats = encode(batch).float()
         if dtype is None or bool(torch.isfinite(feats).all()):
             return feats
@@ -131,9 +127,8 @@ class MMKDModel:
             self._precision_warned = True
             warnings.warn(
                 PrecisionFallbackWarning(
-                    f"A {self.precision} forward pass gave NaN or infinite values (an "
-                    "overflow in half precision); such batches are computed again in fp32. "
-                    "To always use fp32, pass precision='fp32' to load_model."
+                    f"A {self.precision} forward pass overflowed (NaN or inf); such batches are "
+                    "computed again in fp32. To always use fp32, pass precision='fp32'."
                 ),
                 stacklevel=4,
             )
@@ -142,7 +137,7 @@ class MMKDModel:
     def _embed(self, encode: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor):
         """``encode(batch)`` L2-normalised, as an ordinary float32 CPU tensor."""
         with torch.inference_mode():
-            feats = self._forward(encode, to_device(batch, self.device))
+            feats = self._forward(encode, batch.to(self.device, non_blocking=True))
             out = F.normalize(feats, dim=-1).cpu()
         return out.clone()  # usable outside inference mode
 
@@ -175,8 +170,8 @@ class MMKDModel:
         size = check_batch_size(batch_size, self.image_batch_size)
         if on_error not in ("raise", "skip"):
             raise ArgumentError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
-        pin = self.device.type == "cuda"
         out, failures = [], []
+        pin = self.device.type == "cuda"  # pinned CPU memory: faster, non-blocking copies
         for batch in image_batches(items, self.preprocess, batch_size=size, pin_memory=pin):
             if batch.failures and on_error == "raise":
                 raise batch.failures[0][1]
@@ -216,10 +211,7 @@ class MMKDModel:
     def encode_texts(
         self, texts: str | Iterable[str], batch_size: int | None = None
     ) -> torch.Tensor:
-        """Embed prompts: float32 CPU tensor [M, D], L2-normalised.
-
-        Each batch is padded to its longest prompt: the same embeddings as the published
-        256-token padding, at a fraction of the cost.
+        """Embed prompts: float32 CPU tensor [M, D], L2-normalised (as with 256-token padding).
 
         Example:
             >>> clip.encode_texts(["A chest X-ray.", "A fundus photograph."]).shape
@@ -252,9 +244,7 @@ class MMKDModel:
             templates = task.templates if templates is None else templates
         key = (name, repr(classes), None if templates is None else tuple(templates))
         if key not in self._classifiers:
-            self._classifiers[key] = build_classifier(
-                self.encode_texts, classes, templates, name=name
-            )
+            self._classifiers[key] = build_classifier(self.encode_texts, classes, templates, name)
         return self._classifiers[key]
 
     def zero_shot(
@@ -266,8 +256,7 @@ class MMKDModel:
     ) -> torch.Tensor:
         """Probabilities [N, M] = softmax(exp(logit_scale) · image · textᵀ); rows sum to 1.
 
-        ``prompts`` may be a :class:`~mmkd_utils.model.classifier.ZeroShotClassifier`;
-        ``on_error`` works as in :meth:`encode_images`.
+        ``prompts``: texts or a :class:`~mmkd_utils.model.classifier.ZeroShotClassifier`.
 
         Example:
             >>> clip.zero_shot(xray, ["A chest X-ray.", "An MRI."]).sum(dim=1)
@@ -305,7 +294,6 @@ def _image_name(image: Any) -> str:
     return os.fsdecode(image) if path else f"<{type(image).__name__}>"
 
 
-def _trim_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Drop the trailing columns that are padding in every row."""
+def _trim_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:  # all-padding columns
     real = (ids != pad_id).any(dim=0).nonzero()
     return ids[:, : int(real.max()) + 1 if real.numel() else 1]

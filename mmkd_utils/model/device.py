@@ -61,16 +61,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a resolved precision, or None for plain fp32.
-
-    Example:
-        >>> autocast_dtype("bf16"), autocast_dtype("fp32")
-        (torch.bfloat16, None)
-    """
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-
-
 def auto_image_batch_size(device: torch.device, cap: int = 256) -> int:
     """Default image batch size: half the free GPU memory on CUDA (1 to ``cap``), else 32.
 
@@ -82,15 +72,3 @@ def auto_image_batch_size(device: torch.device, cap: int = 256) -> int:
         return CPU_IMAGE_BATCH
     free, _total = torch.cuda.mem_get_info(device)
     return max(1, min(cap, int(free * 0.5) // BYTES_PER_IMAGE))
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a CPU batch to ``device``; on CUDA through pinned memory, without blocking.
-
-    Example:
-        >>> to_device(torch.zeros(2), torch.device("cpu")).device.type
-        'cpu'
-    """
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
