@@ -1,9 +1,8 @@
 """From an MMKD-CLIP checkpoint to a model: build, fill, and cache a converted copy.
 
 open_clip's ``CustomTextCLIP`` is built on the ``meta`` device (no random weights, no
-second copy in memory) and the checkpoint's tensors are assigned. A converted copy is
-cached in open_clip's local-dir layout (config, safetensors, text config and tokenizer),
-so later loads are memory-mapped and pickle-free.
+second copy in memory) and given the checkpoint's tensors. The converted copy, in
+open_clip's local-dir layout, makes later loads memory-mapped and pickle-free.
 
 Example:
     >>> load_checkpoint_model(tiny_checkpoint, text_encoder=tiny_text_encoder)
@@ -53,10 +52,6 @@ PREPROCESS_CFG = {
 }
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip() or type(err).__name__).splitlines()[0]
-
-
 def text_encoder_source(text_encoder: str | os.PathLike | None = None) -> str:
     """The text encoder's folder or hub id: the argument, ``MMKD_TEXT_ENCODER`` or BiomedBERT.
 
@@ -82,32 +77,22 @@ def text_encoder_source(text_encoder: str | os.PathLike | None = None) -> str:
     return text_encoder
 
 
-def load_text_config(source: str) -> Any:
-    """The text tower's Hugging Face config (never its weights).
+def load_text_encoder(source: str, context_length: int = 256) -> tuple[Any, HFTokenizer]:
+    """The text tower's Hugging Face config (never its weights) and open_clip tokenizer.
 
     Example:
-        >>> load_text_config(tiny_text_encoder).hidden_size
-        128
+        >>> hf_config, tokenizer = load_text_encoder(tiny_text_encoder)
+        >>> hf_config.hidden_size, tokenizer.context_length
+        (128, 256)
     """
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source), HFTokenizer(source, context_length)
     except (OSError, ValueError) as err:
         raise TextEncoderError(
-            f"Could not load the text encoder config from {source!r} ({_first_line(err)}). "
-            "Without network access, download the BiomedBERT config and tokenizer files "
-            "(config.json, vocab.txt, tokenizer_config.json) into a folder and pass "
-            "text_encoder=<folder> or set MMKD_TEXT_ENCODER."
-        ) from None
-
-
-def _tokenizer(source: str, context_length: int) -> HFTokenizer:
-    try:
-        return HFTokenizer(source, context_length=context_length)
-    except (OSError, ValueError) as err:
-        raise TextEncoderError(
-            f"Could not load the tokenizer from {source!r} ({_first_line(err)}). Pass "
-            "text_encoder=<folder with vocab.txt and tokenizer_config.json> or set "
-            "MMKD_TEXT_ENCODER."
+            f"Could not load the text encoder config or tokenizer from {source!r} "
+            f"({(str(err).strip() or type(err).__name__).splitlines()[0]}). Without network, "
+            "put BiomedBERT's config.json, vocab.txt and tokenizer_config.json in a folder "
+            "and pass text_encoder=<folder> or set MMKD_TEXT_ENCODER."
         ) from None
 
 
@@ -145,8 +130,8 @@ def build_model(model_cfg: dict, state_dict: dict[str, torch.Tensor], source: st
     return model
 
 
-def _load_converted(folder: Path) -> tuple[Any, dict, str]:
-    """A converted folder's model, ``model_cfg`` and text encoder source."""
+def _load_converted(folder: Path) -> tuple[Any, dict, HFTokenizer]:
+    """A converted folder's model, ``model_cfg`` and tokenizer."""
     for needed in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / needed).is_file():
             raise CheckpointError(
@@ -168,27 +153,42 @@ def _load_converted(folder: Path) -> tuple[Any, dict, str]:
         raise CheckpointError(
             f"{folder / WEIGHTS_NAME} could not be read ({err}); delete {folder} to convert again."
         ) from None
-    load_text_config(text)
-    return build_model(model_cfg, state_dict, str(folder / WEIGHTS_NAME)), model_cfg, text
+    _, tokenizer = load_text_encoder(text, text_cfg["context_length"])
+    return build_model(model_cfg, state_dict, str(folder / WEIGHTS_NAME)), model_cfg, tokenizer
 
 
-def _save_converted(model: Any, model_cfg: dict, text: str, folder: Path, info: dict) -> None:
-    """Write a converted copy into a temporary folder, then rename it into place."""
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+def _save_converted(model: Any, model_cfg: dict, path: Path, text: str, hf: tuple) -> None:
+    """Cache the converted copy: under a lock, written aside and renamed into place.
+
+    A copy another process wrote first is kept; a cache that cannot be written only warns.
+    """
+    folder = converted_folder(path, text)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     try:
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS_NAME)
-        load_text_config(text).save_pretrained(tmp)
-        _tokenizer(text, config.CONTEXT_LENGTH).tokenizer.save_pretrained(tmp)
-        cfg = json.loads(json.dumps(model_cfg))
-        here = str(folder.resolve())
-        cfg["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
-        preprocess_cfg = {"size": cfg["vision_cfg"]["image_size"], **PREPROCESS_CFG}
-        full = {"model_cfg": cfg, "preprocess_cfg": preprocess_cfg, "mmkd_source": info}
-        (tmp / CONFIG_NAME).write_text(json.dumps(full, indent=2), encoding="utf-8")
-        if not folder.exists():  # else another process was faster: keep its copy
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{folder}.lock", timeout=600):
+            if folder.is_dir():
+                return
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(tensors, tmp / WEIGHTS_NAME)
+            hf[0].save_pretrained(tmp)  # the text config, and the tokenizer's files
+            hf[1].tokenizer.save_pretrained(tmp)
+            cfg = json.loads(json.dumps(model_cfg))
+            here = str(folder.resolve())
+            cfg["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
+            preprocess_cfg = {"size": cfg["vision_cfg"]["image_size"], **PREPROCESS_CFG}
+            source = {"checkpoint": str(path.resolve()), "text_encoder": text}
+            full = {"model_cfg": cfg, "preprocess_cfg": preprocess_cfg, "mmkd_source": source}
+            (tmp / CONFIG_NAME).write_text(json.dumps(full, indent=2), encoding="utf-8")
             os.replace(tmp, folder)
+    except (OSError, Timeout) as err:
+        warnings.warn(
+            f"Could not cache a converted copy in {folder.parent} ({err}); the model works, "
+            "but the next load will read the .pth again. Set MMKD_HOME to a writable folder.",
+            stacklevel=4,
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -253,34 +253,7 @@ def _read_or_refetch(path: Path, refetch: bool) -> tuple[dict[str, torch.Tensor]
     return read_checkpoint(path), path
 
 
-def _save_conversion(model: Any, model_cfg: dict, path: Path, text: str) -> None:
-    """Cache the converted copy once, under a lock; only warn if the cache is not writable."""
-    folder = converted_folder(path, text)
-    st = path.stat()
-    info = {"checkpoint": str(path.resolve()), "size": st.st_size, "text_encoder": text}
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{folder}.lock", timeout=600):
-            if not folder.is_dir():
-                _save_converted(model, model_cfg, text, folder, info)
-    except (OSError, Timeout) as err:
-        warnings.warn(
-            f"Could not cache a converted copy in {folder.parent} ({err}); the model works, "
-            "but the next load will read the .pth again. Set MMKD_HOME to a writable folder.",
-            stacklevel=4,
-        )
-
-
-def _put_back(aside: Path | None, folder: Path) -> None:
-    """Return a set-aside copy to its place, or delete it if a new copy is there."""
-    if aside is not None and folder.exists():
-        shutil.rmtree(aside, ignore_errors=True)
-    elif aside is not None:
-        with contextlib.suppress(OSError):
-            os.replace(aside, folder)
-
-
-def _cached_or_convert(path: Path, text: str, refetch: bool) -> tuple[Any, dict]:
+def _cached_or_convert(path: Path, text: str, refetch: bool) -> tuple[Any, dict, HFTokenizer]:
     """The converted copy of ``path``, else ``path`` converted (and the copy cached).
 
     A copy that cannot be used is set aside and rebuilt; it is deleted only once the new
@@ -289,7 +262,7 @@ def _cached_or_convert(path: Path, text: str, refetch: bool) -> tuple[Any, dict]
     folder, aside = converted_folder(path, text), None
     if folder.is_dir():
         try:
-            return _load_converted(folder)[:2]
+            return _load_converted(folder)
         except (CheckpointError, TextEncoderError) as err:
             warnings.warn(
                 f"The converted copy {folder} could not be used ({err}); converting {path} again.",
@@ -304,13 +277,18 @@ def _cached_or_convert(path: Path, text: str, refetch: bool) -> tuple[Any, dict]
     try:
         state_dict, path = _read_or_refetch(path, refetch)
         model_cfg = model_config_from_state_dict(state_dict, text)
-        check_text_config(state_dict, load_text_config(text), text)
+        hf = load_text_encoder(text, model_cfg["text_cfg"]["context_length"])
+        check_text_config(state_dict, hf[0], text)
         model = build_model(model_cfg, to_open_clip_keys(state_dict), str(path))
         del state_dict
-        _save_conversion(model, model_cfg, path, text)
-    finally:
-        _put_back(aside, folder)
-    return model, model_cfg
+        _save_converted(model, model_cfg, path, text, hf)
+    finally:  # the set-aside copy goes back, unless a new one is in place
+        if aside is not None and folder.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        elif aside is not None:
+            with contextlib.suppress(OSError):
+                os.replace(aside, folder)
+    return model, model_cfg, hf[1]
 
 
 def load_checkpoint_model(
@@ -320,9 +298,7 @@ def load_checkpoint_model(
     device: str | torch.device = "auto",
     precision: str = "auto",
 ) -> MMKDModel:
-    """Load an MMKD-CLIP ``.pth`` file or converted folder (None: the released weights).
-
-    The arguments are those of :func:`mmkd_utils.load_model`, which calls this for a path.
+    """Load an MMKD-CLIP ``.pth`` file or converted folder; see :func:`mmkd_utils.load_model`.
 
     Example:
         >>> load_checkpoint_model(tiny_checkpoint, text_encoder=tiny_text_encoder).embed_dim
@@ -332,11 +308,10 @@ def load_checkpoint_model(
     prec = resolve_precision(precision, dev)
     path, is_default = _resolve_checkpoint(checkpoint)
     if path.is_dir():
-        model, model_cfg, text = _load_converted(path.expanduser())
+        model, model_cfg, tokenizer = _load_converted(path)
     else:
         text = text_encoder_source(text_encoder)
-        model, model_cfg = _cached_or_convert(path, text, refetch=is_default)
-    tokenizer = _tokenizer(text, int(model_cfg["text_cfg"]["context_length"]))
+        model, model_cfg, tokenizer = _cached_or_convert(path, text, refetch=is_default)
     preprocess = open_clip.image_transform(
         int(model_cfg["vision_cfg"]["image_size"]), is_train=False, **PREPROCESS_CFG
     )
