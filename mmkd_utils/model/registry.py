@@ -304,47 +304,27 @@ def _load_open_clip(spec: ModelSpec, source: str, text_encoder: Any = None, **kw
         folder = Path(source.removeprefix(LOCAL_DIR)).expanduser()
         if not folder.is_dir():
             raise CheckpointError(
-                f"{spec.title} source {source!r} is neither 'hf-hub:<repo>' nor an existing "
-                "folder. Pass a folder with open_clip_config.json, the weights and the "
-                f"tokenizer files (set {spec.env} to it), or unset {spec.env}."
+                f"{spec.title} source {source!r} is neither 'hf-hub:<repo>' nor a folder (with "
+                f"open_clip_config.json, weights and tokenizer): fix or unset {spec.env}."
             )
         source = LOCAL_DIR + str(folder.resolve())
-    else:  # fetch config and weights first, so that a failure names what to download
-        repo, local = source.removeprefix(HF_HUB), {"local_files_only": _hub_offline()}
-        try:
-            hf_hub_download(repo, "open_clip_config.json", **local)
-            hf_hub_download(repo, "open_clip_pytorch_model.bin", **local)
-        except Exception as err:
-            raise DownloadError(
-                f"Could not get {spec.title} from the Hugging Face hub ({repo}): {err}. "
-                "Without network, download open_clip_config.json, open_clip_pytorch_model.bin "
-                "and the tokenizer files (vocab.txt, tokenizer.json, tokenizer_config.json) "
-                f"from https://huggingface.co/{repo} into a folder and set {spec.env} to it."
-            ) from None
     dev = resolve_device(kwargs.get("device", "auto"))
     prec = resolve_precision(kwargs.get("precision", "auto"), dev)
-    overrides: dict[str, Any] = {}
+    explicit = text_encoder is not None or os.environ.get("MMKD_TEXT_ENCODER", "").strip()
+    text = text_encoder_source(text_encoder) if explicit else None
     try:
-        if text_encoder is not None or os.environ.get("MMKD_TEXT_ENCODER", "").strip():
-            text = text_encoder_source(text_encoder)  # BiomedBERT's config, as for MMKD-CLIP
-            text_cfg = open_clip.get_model_config(source)["text_cfg"]
-            overrides["text_cfg"] = {
-                **text_cfg,
-                "hf_model_name": text,
-                "hf_model_pretrained": False,
-            }
-        model, _, preprocess = open_clip.create_model_and_transforms(source, **overrides)
+        text_cfg = open_clip.get_model_config(source)["text_cfg"]
+        if text:  # BiomedBERT's config from where MMKD-CLIP gets it (never its weights)
+            text_cfg = {**text_cfg, "hf_model_name": text, "hf_model_pretrained": False}
+        model, _, preprocess = open_clip.create_model_and_transforms(source, text_cfg=text_cfg)
         tokenizer = open_clip.get_tokenizer(source)
-    except OSError as err:
-        raise TextEncoderError(
-            f"Could not build {spec.title} from {source}: {str(err).splitlines()[0]}. Its "
-            "text tower needs the BiomedBERT config: without network, pass text_encoder="
-            f"<folder with config.json> or set MMKD_TEXT_ENCODER, and set {spec.env}."
-        ) from None
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(
-            f"Could not build {spec.title} from {source}: {str(err).splitlines()[0]}. Check "
-            "the folder's open_clip_config.json and weights, and that text_encoder / "
-            "MMKD_TEXT_ENCODER (if set) is BiomedBERT."
+    except Exception as err:
+        hub, missing = source.startswith(HF_HUB), isinstance(err, OSError)
+        error = DownloadError if hub else TextEncoderError if missing else CheckpointError
+        raise error(
+            f"Could not build {spec.title} from {source} ({str(err).strip().splitlines()[0]}). "
+            "Without network, put open_clip_config.json, open_clip_pytorch_model.bin and the "
+            f"tokenizer files of https://huggingface.co/{BIOMEDCLIP_ID} in a folder and set "
+            f"{spec.env} to it; set MMKD_TEXT_ENCODER to a folder with BiomedBERT's config."
         ) from None
     return MMKDModel(model, preprocess, tokenizer, dev, prec, source=source)
