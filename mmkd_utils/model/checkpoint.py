@@ -2,10 +2,6 @@
 
 Files are read without running pickled code (``weights_only=True``); keys may carry the
 ``module.`` prefix of DDP training; ``text_encoder.`` keys become open_clip's ``text.``.
-
-Example:
-    >>> model_config_from_state_dict(read_checkpoint(tiny_checkpoint))["embed_dim"]
-    64
 """
 
 from __future__ import annotations
@@ -23,17 +19,11 @@ from mmkd_utils.errors import CheckpointError, TextEncoderError
 
 #: Keys older code may write that carry no weights (recreated on load).
 IGNORED_KEYS = ("text_encoder.transformer.embeddings.position_ids",)
+_WORDS = "text_encoder.transformer.embeddings.word_embeddings.weight"
+_POSITIONS = "text_encoder.transformer.embeddings.position_embeddings.weight"
 #: Keys without which the architecture cannot be read.
-REQUIRED_KEYS = (
-    "logit_scale",
-    "visual.conv1.weight",
-    "visual.positional_embedding",
-    "visual.proj",
-    "text_encoder.transformer.embeddings.word_embeddings.weight",
-    "text_encoder.transformer.embeddings.position_embeddings.weight",
-    "text_encoder.proj.0.weight",
-    "text_encoder.proj.2.weight",
-)
+REQUIRED_KEYS = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj")
+REQUIRED_KEYS += ("logit_scale", _WORDS, _POSITIONS, "text_encoder.proj.0.weight")
 
 
 def sniff(path: str | Path) -> str | None:
@@ -51,13 +41,8 @@ def sniff(path: str | Path) -> str | None:
     if not head:
         return "it is empty"
     if head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")):
-        return (
-            "it is a web page (HTML), not the weights; Google Drive sends such a page when "
-            "the download quota is exceeded or the file needs a permission"
-        )
-    if head.startswith((b"PK", b"\x80")):
-        return None  # torch's zip format, or a legacy pickle
-    return "it is not a torch checkpoint"
+        return "it is a web page (HTML), as Google Drive sends when the download quota is exceeded"
+    return None if head.startswith((b"PK", b"\x80")) else "it is not a torch checkpoint"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -81,12 +66,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "weights" not in str(err).lower():
+            raise CheckpointError(f"Cannot read {path}: it is not a torch checkpoint.") from err
         raise CheckpointError(
             f"Refused to load {path}: it holds Python objects other than tensors, and "
-            "unpickling them could run code. Nothing was executed. Use a checkpoint saved "
-            "as a plain state dict of tensors."
-            if "weights" in str(err).lower()
-            else f"Cannot read {path}: it is not a torch checkpoint."
+            "unpickling them could run code (nothing was run). Save a plain state dict."
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
         raise CheckpointError(
@@ -110,12 +94,8 @@ def normalize_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torc
     out = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(
-                f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor; "
-                "this is not an MMKD-CLIP state dict."
-            )
-        name = str(key).removeprefix("module.")
-        if name not in IGNORED_KEYS:
+            raise CheckpointError(f"{source}: {key!r} is a {type(value).__name__}, not a tensor.")
+        if (name := str(key).removeprefix("module.")) not in IGNORED_KEYS:
             half = value.dtype in (torch.float16, torch.bfloat16)
             out[name] = value.float() if half else value
     return out
@@ -135,15 +115,13 @@ def _layers(state_dict: Mapping[str, Any], pattern: str) -> int:
     return 1 + max((int(m[1]) for k in state_dict if (m := re.match(pattern, k))), default=-1)
 
 
-def model_config_from_state_dict(
-    state_dict: Mapping[str, torch.Tensor], text_encoder: str = ""
-) -> dict[str, Any]:
+def model_config_from_state_dict(state_dict: Mapping[str, Any], text_encoder: str = "") -> dict:
     """The open_clip ``model_cfg`` of an MMKD-CLIP state dict (heads 64 wide, QuickGELU).
 
     Example:
         >>> cfg = model_config_from_state_dict(read_checkpoint(tiny_checkpoint))
-        >>> cfg["vision_cfg"]["width"], cfg["text_cfg"]["context_length"]
-        (128, 256)
+        >>> cfg["embed_dim"], cfg["vision_cfg"]["width"], cfg["text_cfg"]["context_length"]
+        (64, 128, 256)
     """
     if missing := [k for k in REQUIRED_KEYS if k not in state_dict]:
         raise CheckpointError(
@@ -152,10 +130,9 @@ def model_config_from_state_dict(
         )
     width, _, patch, _ = state_dict["visual.conv1.weight"].shape
     grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    embed_dim = state_dict["visual.proj"].shape[1]
     mlp = state_dict.get("visual.transformer.resblocks.0.mlp.c_fc.weight")
     return {
-        "embed_dim": int(embed_dim),
+        "embed_dim": int(state_dict["visual.proj"].shape[1]),
         "quick_gelu": True,
         "vision_cfg": {
             "image_size": int(grid * patch),
@@ -176,7 +153,7 @@ def model_config_from_state_dict(
     }
 
 
-def check_text_config(state_dict: Mapping[str, torch.Tensor], hf_config: Any, source: str) -> None:
+def check_text_config(state_dict: Mapping[str, Any], hf_config: Any, source: str) -> None:
     """Raise :class:`TextEncoderError` if the config from ``source`` does not fit the text tower.
 
     Example:
@@ -185,22 +162,17 @@ def check_text_config(state_dict: Mapping[str, torch.Tensor], hf_config: Any, so
         Traceback (most recent call last):
         mmkd_utils.errors.TextEncoderError: The text encoder config from bert-base does not fit...
     """
-    words = state_dict["text_encoder.transformer.embeddings.word_embeddings.weight"].shape
-    positions = state_dict["text_encoder.transformer.embeddings.position_embeddings.weight"]
-    layers = _layers(state_dict, r"text_encoder\.transformer\.encoder\.layer\.(\d+)\.")
     wanted = {
-        "vocab_size": words[0],
-        "hidden_size": words[1],
-        "num_hidden_layers": layers,
-        "max_position_embeddings": positions.shape[0],
+        "vocab_size": state_dict[_WORDS].shape[0],
+        "hidden_size": state_dict[_WORDS].shape[1],
+        "num_hidden_layers": _layers(
+            state_dict, r"text_encoder\.transformer\.encoder\.layer\.(\d+)\."
+        ),
+        "max_position_embeddings": state_dict[_POSITIONS].shape[0],
     }
-    if wrong := [
-        f"{name}: checkpoint {want}, config {getattr(hf_config, name, None)}"
-        for name, want in wanted.items()
-        if getattr(hf_config, name, None) != want
-    ]:
+    got = {name: getattr(hf_config, name, None) for name in wanted}
+    if wrong := [f"{k}: checkpoint {v}, config {got[k]}" for k, v in wanted.items() if got[k] != v]:
         raise TextEncoderError(
             f"The text encoder config from {source} does not fit the checkpoint's text tower "
-            f"({'; '.join(wrong)}). Pass text_encoder= (or set MMKD_TEXT_ENCODER) to the "
-            "config and tokenizer that belong to this checkpoint."
+            f"({'; '.join(wrong)}). Pass text_encoder= (or set MMKD_TEXT_ENCODER) to its own."
         )

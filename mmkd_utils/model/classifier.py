@@ -2,11 +2,6 @@
 
 Each prompt of a class (every template filled with every synonym) is embedded and
 L2-normalised; their mean, normalised again, is the class's weight vector.
-
-Example:
-    >>> clf = clip.classifier(["pneumonia", "normal lungs"], ["A chest X-ray showing {}."])
-    >>> clip.zero_shot([xray], clf).shape
-    torch.Size([1, 2])
 """
 
 from __future__ import annotations

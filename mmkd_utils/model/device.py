@@ -1,9 +1,4 @@
-"""Choosing the device, the numeric precision and the image batch size.
-
-Example:
-    >>> resolve_precision("auto", resolve_device("cpu"))
-    'fp32'
-"""
+"""Choosing the device, the numeric precision and the image batch size."""
 
 from __future__ import annotations
 

@@ -3,10 +3,6 @@
 open_clip's ``CustomTextCLIP`` is built on the ``meta`` device (no random weights, no
 second copy in memory) and given the checkpoint's tensors. The converted copy, in
 open_clip's local-dir layout, makes later loads memory-mapped and pickle-free.
-
-Example:
-    >>> load_checkpoint_model(tiny_checkpoint, text_encoder=tiny_text_encoder)
-    MMKDModel(source='...checkpoint.pt', device='cpu', precision='fp32', embed_dim=64)
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """Named models: MMKD-CLIP and two of the biomedical CLIPs it learned from, one API.
 
-``load_model(name)`` gives the same :class:`~mmkd_utils.model.clip.MMKDModel` for every
-name of :func:`list_models`. ``unimed-clip-b16`` has MMKD-CLIP's checkpoint layout;
-``biomedclip`` is built by open_clip. Each model's variable (``MMKD_CHECKPOINT``,
-``MMKD_UNIMED_CHECKPOINT``, ``MMKD_BIOMEDCLIP``) may point to a local copy.
-
-Example:
-    >>> list(list_models()["name"])
-    ['mmkd-clip-b16', 'unimed-clip-b16', 'biomedclip']
+``load_model(name)`` gives an :class:`~mmkd_utils.model.clip.MMKDModel` for every name of
+:func:`list_models`; each model's variable (``MMKD_CHECKPOINT``...) may name a local copy.
 """
 
 from __future__ import annotations
