@@ -60,15 +60,11 @@ def text_encoder_source(text_encoder: str | os.PathLike | None = None) -> str:
     text_encoder = str(text_encoder or config.DEFAULT_TEXT_ENCODER)
     if Path(text_encoder).expanduser().is_dir():
         return str(Path(text_encoder).expanduser().resolve())
-    if (
-        text_encoder.startswith((".", "/", "~"))
-        or text_encoder.count("/") > 1
-        or "\\" in text_encoder
-    ):
+    path_like = text_encoder.startswith((".", "/", "~")) or text_encoder.count("/") > 1
+    if path_like or "\\" in text_encoder:
         raise TextEncoderError(
             f"text_encoder={text_encoder!r} looks like a folder, but no such folder exists. "
-            "Pass a folder with config.json and the tokenizer files, or a Hugging Face hub "
-            "id like 'microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract'."
+            "Pass a folder with config.json and the tokenizer files, or a hub id."
         )
     return text_encoder
 
@@ -204,20 +200,17 @@ def converted_folder(checkpoint: str | os.PathLike, text_encoder: str | None = N
 
 def _resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[Path, bool]:
     """The checkpoint to load, and whether it is the default download (then re-fetchable)."""
-    if checkpoint is None:
-        checkpoint = config.env_path("MMKD_CHECKPOINT")
-        if checkpoint is not None and not checkpoint.exists():
-            raise CheckpointError(
-                f"MMKD_CHECKPOINT points to {checkpoint}, which does not exist: fix or unset it."
-            )
+    if checkpoint is None and (checkpoint := config.env_path("MMKD_CHECKPOINT")):
+        if not checkpoint.exists():
+            raise CheckpointError(f"MMKD_CHECKPOINT points to {checkpoint}: no such file; fix it.")
     if checkpoint is None:
         default = config.default_checkpoint_path()
         return (default if default.is_file() else download_checkpoint(default)), True
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise CheckpointError(
-            f"Checkpoint {path} does not exist. Pass the path of MMKD_B16.pth (or of a "
-            "converted folder), or leave checkpoint=None to download the released weights."
+            f"Checkpoint {path} does not exist. Pass the path of MMKD_B16.pth or of a converted "
+            "folder, or checkpoint=None for the released weights."
         )
     return path, False
 
@@ -240,11 +233,8 @@ def _read_or_refetch(path: Path, refetch: bool) -> tuple[dict[str, torch.Tensor]
             "and run again to download it afresh."
         ) from None
     if aside is not None:
-        warnings.warn(
-            f"The cached checkpoint {path} is corrupt ({problem}). It was moved to {aside} "
-            "(delete that file once you no longer need it) and is downloaded again.",
-            stacklevel=4,
-        )
+        message = f"The cached checkpoint {path} is corrupt ({problem}). It was moved to {aside}"
+        warnings.warn(f"{message} (delete it when done) and is downloaded again.", stacklevel=4)
     path = download_checkpoint(path)
     return read_checkpoint(path), path
 

@@ -62,40 +62,55 @@ class ModelSpec:
 _OPENAI = "224 px: shortest side resized (bicubic), centre crop, OpenAI CLIP mean/std"
 _VIT_BERT = "ViT-B/16 (QuickGELU) + BiomedBERT, MLP projection, 512-d"
 #: The registered models, in the order :func:`list_models` lists them.
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
-            *("mmkd-clip-b16", "MMKD-CLIP ViT-B/16", True, "mmkd-checkpoint", _VIT_BERT),
-            f"Google Drive: {config.CHECKPOINT_NAME} (file id {config.DRIVE_FILE_ID})",
-            "not recorded here: check the MMKD-CLIP repository",
-            *(_OPENAI, config.CONTEXT_LENGTH, "MMKD_CHECKPOINT"),
-            "Wang et al., arXiv:2506.22567 (2025)",
-            "https://github.com/wangshansong1/MMKD-CLIP",
-            "Distilled from nine biomedical CLIP models (among them UniMed-CLIP and "
-            "BiomedCLIP); nine imaging modalities.",
-        ),
-        ModelSpec(
-            *("unimed-clip-b16", "UniMed-CLIP ViT-B/16", False, "mmkd-checkpoint", _VIT_BERT),
-            f"Hugging Face hub: {UNIMED_REPO}, file {UNIMED_FILE}",
-            "CC BY-NC 4.0 (model card): non-commercial use only",
-            *(_OPENAI, 256, "MMKD_UNIMED_CHECKPOINT"),
-            "Khattak et al., arXiv:2412.10372 (2024)",
-            "https://github.com/mbzuai-oryx/UniMed-CLIP",
-            "Trained on UniMed, 5.3 million open image-text pairs of six modalities "
-            "(X-ray, CT, MRI, ultrasound, pathology, fundus).",
-        ),
-        ModelSpec(
-            *("biomedclip", "BiomedCLIP", False, "open_clip"),
-            "ViT-B/16 (timm) + PubMedBERT (BiomedBERT), MLP projection, 512-d",
-            f"Hugging Face hub: {BIOMEDCLIP_ID} (open_clip)",
-            "MIT (model card)",
-            "its own open_clip preprocessing (open_clip_config.json)",
-            *(256, "MMKD_BIOMEDCLIP", "Zhang et al., NEJM AI (2025), arXiv:2303.00915"),
-            f"https://huggingface.co/{BIOMEDCLIP_ID}",
-            "Trained on PMC-15M, 15 million figure-caption pairs from PubMed Central articles.",
-        ),
-    )
+MODELS = {
+    "mmkd-clip-b16": ModelSpec(
+        name="mmkd-clip-b16",
+        title="MMKD-CLIP ViT-B/16",
+        default=True,
+        kind="mmkd-checkpoint",
+        architecture=_VIT_BERT,
+        source=f"Google Drive: {config.CHECKPOINT_NAME} (file id {config.DRIVE_FILE_ID})",
+        licence="not recorded here: check the MMKD-CLIP repository",
+        preprocessing=_OPENAI,
+        context_length=config.CONTEXT_LENGTH,
+        env="MMKD_CHECKPOINT",
+        citation="Wang et al., arXiv:2506.22567 (2025)",
+        url="https://github.com/wangshansong1/MMKD-CLIP",
+        description="Distilled from nine biomedical CLIP models (among them UniMed-CLIP and "
+        "BiomedCLIP); nine imaging modalities.",
+    ),
+    "unimed-clip-b16": ModelSpec(
+        name="unimed-clip-b16",
+        title="UniMed-CLIP ViT-B/16",
+        default=False,
+        kind="mmkd-checkpoint",
+        architecture=_VIT_BERT,
+        source=f"Hugging Face hub: {UNIMED_REPO}, file {UNIMED_FILE}",
+        licence="CC BY-NC 4.0 (model card): non-commercial use only",
+        preprocessing=_OPENAI,
+        context_length=256,
+        env="MMKD_UNIMED_CHECKPOINT",
+        citation="Khattak et al., arXiv:2412.10372 (2024)",
+        url="https://github.com/mbzuai-oryx/UniMed-CLIP",
+        description="Trained on UniMed, 5.3 million open image-text pairs of six modalities "
+        "(X-ray, CT, MRI, ultrasound, pathology, fundus).",
+    ),
+    "biomedclip": ModelSpec(
+        name="biomedclip",
+        title="BiomedCLIP",
+        default=False,
+        kind="open_clip",
+        architecture="ViT-B/16 (timm) + PubMedBERT (BiomedBERT), MLP projection, 512-d",
+        source=f"Hugging Face hub: {BIOMEDCLIP_ID} (open_clip)",
+        licence="MIT (model card)",
+        preprocessing="its own open_clip preprocessing (open_clip_config.json)",
+        context_length=256,
+        env="MMKD_BIOMEDCLIP",
+        citation="Zhang et al., NEJM AI (2025), arXiv:2303.00915",
+        url=f"https://huggingface.co/{BIOMEDCLIP_ID}",
+        description="Trained on PMC-15M, 15 million figure-caption pairs from PubMed Central "
+        "articles.",
+    ),
 }
 #: Where weights come from when neither ``source=`` nor the model's variable says:
 #: None is the published location; for ``biomedclip`` an open_clip id or a folder.
