@@ -19,6 +19,11 @@ import pandas as pd
 import torch
 from huggingface_hub import hf_hub_download
 
+try:
+    from numpy._core.multiarray import scalar as _numpy_scalar
+except ImportError:  # NumPy 1.x
+    from numpy.core.multiarray import scalar as _numpy_scalar
+
 import mmkd_utils.config as config
 from mmkd_utils.errors import CheckpointError, DownloadError, TextEncoderError
 from mmkd_utils.model.checkpoint import model_config_from_state_dict, read_checkpoint, sniff
@@ -293,17 +298,13 @@ def allow_numpy_scalars() -> Iterator[None]:
         >>> with allow_numpy_scalars():
         ...     sd = read_checkpoint(tiny_checkpoint)
     """
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # NumPy 1.x
-        from numpy.core.multiarray import scalar
     names = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
     dtypes = sorted({type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"}, key=str)
     safe_globals = getattr(torch.serialization, "safe_globals", None)
     if safe_globals is None:  # torch < 2.5: such checkpoints are refused, with a clear error
         yield
         return
-    with safe_globals([*((scalar, n) for n in names), np.dtype, *dtypes]):
+    with safe_globals([*((_numpy_scalar, n) for n in names), np.dtype, *dtypes]):
         yield
 
 
