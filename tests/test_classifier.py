@@ -9,7 +9,7 @@ from support import TINY
 
 from mmkd_utils import PromptError
 from mmkd_utils.model.classifier import ZeroShotClassifier
-from mmkd_utils.prompts import check_templates, normalize_classes
+from mmkd_utils.prompts.text import check_templates, normalize_classes
 
 IMAGES = [TINY / "images" / "rgb_noise.png", TINY / "images" / "tall_rgb.jpg"]
 TEMPLATES = ["A chest X-ray showing {}.", "{} on a radiograph.", "Findings: {}."]

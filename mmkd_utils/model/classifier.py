@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmkd_utils.prompts import check_templates, class_prompts, normalize_classes
+from mmkd_utils.prompts.text import check_templates, class_prompts, normalize_classes
 
 
 @dataclass(frozen=True)
