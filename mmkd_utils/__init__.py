@@ -31,8 +31,8 @@ from mmkd_utils.errors import (
 )
 from mmkd_utils.images.decode import to_rgb
 from mmkd_utils.images.medical import load_image
-from mmkd_utils.model.loading import MMKDModel, load_model
-from mmkd_utils.model.registry import list_models
+from mmkd_utils.model.clip import MMKDModel
+from mmkd_utils.model.registry import list_models, load_model
 from mmkd_utils.tasks.compare import compare_models
 from mmkd_utils.tasks.embeddings import FolderEmbeddings, embed_folder
 from mmkd_utils.tasks.evaluation import evaluate_folder

@@ -701,7 +701,8 @@ def check_weights(verify: bool = False) -> Check:
         >>> check_weights().detail  # doctest: +SKIP
         '~/.cache/mmkd-clip/MMKD_B16.pth (default; 784 MB; not verified, ...)'
     """
-    from mmkd_utils.model.checkpoint import _sniff, model_config_from_state_dict, read_checkpoint
+    from mmkd_utils.model.checkpoint import model_config_from_state_dict, read_checkpoint
+    from mmkd_utils.model.checkpoint import sniff as _sniff
     from mmkd_utils.model.loading import CONFIG_NAME, WEIGHTS_NAME
 
     path, origin = _checkpoint_choice()
@@ -852,7 +853,7 @@ def check_text_encoder() -> Check:
         'microsoft/BiomedNLP-... (default): config and tokenizer in the Hugging Face cache'
     """
     from mmkd_utils.errors import TextEncoderError
-    from mmkd_utils.model.loading import _text_encoder_source
+    from mmkd_utils.model.loading import text_encoder_source as _text_encoder_source
 
     origin = "MMKD_TEXT_ENCODER" if os.environ.get("MMKD_TEXT_ENCODER", "").strip() else "default"
     try:

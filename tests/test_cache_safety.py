@@ -218,11 +218,11 @@ def test_failed_loads_never_delete_a_good_converted_copy(tmp_path, monkeypatch, 
     # the rebuild fails the same way, and the copy is put back, not deleted.
     import mmkd_utils.model.loading as loading
 
-    def broken(source):
+    def broken(source, *args):
         raise TextEncoderError(f"cannot read {source}")
 
     with monkeypatch.context() as m:
-        m.setattr(loading, "_load_text_config", broken)
+        m.setattr(loading, "load_text_encoder", broken)
         with pytest.warns(UserWarning, match="could not be used"), pytest.raises(TextEncoderError):
             load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
     assert _snapshot(folder) == before

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from support import TINY
 
 from mmkd_utils import PromptError
-from mmkd_utils.model.classifier import ZeroShotClassifier, check_templates, normalize_classes
+from mmkd_utils.model.classifier import ZeroShotClassifier
+from mmkd_utils.prompts.text import check_templates, normalize_classes
 
 IMAGES = [TINY / "images" / "rgb_noise.png", TINY / "images" / "tall_rgb.jpg"]
 TEMPLATES = ["A chest X-ray showing {}.", "{} on a radiograph.", "Findings: {}."]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -257,27 +256,22 @@ def test_auto_image_batch_size(monkeypatch):
     assert auto_image_batch_size(cuda) == 1
 
 
-def test_cuda_transfers_go_through_pinned_memory():
-    from mmkd_utils.model.device import to_device
+def test_cuda_batches_come_in_pinned_memory(tiny_model, monkeypatch):
+    import mmkd_utils.model.clip as clip_module
 
     calls = []
+    real = clip_module.image_batches
 
-    class FakeBatch:
-        device = torch.device("cpu")
+    def spy(*args, **kwargs):
+        calls.append(kwargs["pin_memory"])
+        return real(*args, **{**kwargs, "pin_memory": False})
 
-        def pin_memory(self):
-            calls.append("pin")
-            return self
-
-        def to(self, device, non_blocking=False):
-            calls.append(("to", device.type, non_blocking))
-            return self
-
-    to_device(FakeBatch(), torch.device("cuda"))
-    assert calls == ["pin", ("to", "cuda", True)]
-    calls.clear()
-    to_device(FakeBatch(), torch.device("cpu"))
-    assert calls == [("to", "cpu", False)]
+    monkeypatch.setattr(clip_module, "image_batches", spy)
+    tiny_model.encode_images([np.zeros((8, 8), np.uint8)])
+    monkeypatch.setattr(tiny_model, "device", torch.device("cuda"))
+    monkeypatch.setattr(tiny_model, "encode_pixels", lambda pixels: torch.zeros(len(pixels), 64))
+    tiny_model.encode_images([np.zeros((8, 8), np.uint8)])
+    assert calls == [False, True]
 
 
 def test_default_batch_size_comes_from_the_device(tiny_model):
@@ -285,23 +279,13 @@ def test_default_batch_size_comes_from_the_device(tiny_model):
     assert tiny_model.encode_texts(["a"]).requires_grad is False
 
 
-# -- decoding and preprocessing a batch on several threads ------------------------------
-
-
-def test_preprocess_threads_one_per_core_at_most_eight(monkeypatch):
-    import mmkd_utils.model.device as device
-
-    assert device.preprocess_threads(cpus=2) == 2
-    assert device.preprocess_threads(cpus=1) == 1
-    assert device.preprocess_threads(cpus=64) == device.MAX_PREPROCESS_THREADS == 8
-    monkeypatch.setattr(device, "usable_cpus", lambda: 3)
-    assert device.preprocess_threads() == 3
+# -- encode_images batches with the one image pipeline -----------------------------------
 
 
 def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
     import os
 
-    from mmkd_utils.model.device import usable_cpus
+    from mmkd_utils.images.pipeline import usable_cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert usable_cpus() == 3
@@ -313,7 +297,6 @@ def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
 
 
 def _demo_like_images():
-    import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(7)
@@ -324,35 +307,7 @@ def _demo_like_images():
     return images
 
 
-def test_threads_give_the_same_pixels_as_one_by_one(tiny_model):
-    import itertools
-    import threading
-
-    from mmkd_utils.images.decode import to_rgb
-    from mmkd_utils.model.loading import _prepare_images
-
-    images = _demo_like_images()
-    meet = threading.Barrier(2, timeout=10)  # passes only if two images are prepared at once
-    calls = itertools.count()
-    threads_seen = set()
-
-    def preprocess(img):
-        threads_seen.add(threading.get_ident())
-        if next(calls) < 2:
-            meet.wait()  # one thread alone would wait here until BrokenBarrierError
-        return tiny_model.preprocess(img)
-
-    with ThreadPoolExecutor(2) as pool:
-        parallel = _prepare_images(images, preprocess, stop_at_error=True, pool=pool)
-    assert len(threads_seen) == 2 and threading.get_ident() not in threads_seen
-    serial = [tiny_model.preprocess(to_rgb(img)) for img in images]
-    assert len(parallel) == len(serial)
-    for a, b in zip(parallel, serial, strict=True):
-        assert torch.equal(a, b)
-
-
-def test_encode_images_with_threads_equals_encode_pixels(tiny_model, monkeypatch):
-    import mmkd_utils.model.loading as loading
+def test_encode_images_equals_encode_pixels_batch_by_batch(tiny_model):
     from mmkd_utils.images.decode import to_rgb
 
     images = _demo_like_images()
@@ -360,104 +315,39 @@ def test_encode_images_with_threads_equals_encode_pixels(tiny_model, monkeypatch
     expected = torch.cat(
         [tiny_model.encode_pixels(pixels[:5]), tiny_model.encode_pixels(pixels[5:])]
     )
-    for threads in (1, 3):
-        monkeypatch.setattr(loading, "preprocess_threads", lambda t=threads: t)
-        monkeypatch.setattr(tiny_model, "_preprocess_pool", None)  # made again for this test
-        assert torch.equal(tiny_model.encode_images(images, batch_size=5), expected)
-        pool = tiny_model._preprocess_pool
-        if threads == 1:
-            assert pool is None  # one core: no threads at all
-        else:
-            assert pool._max_workers == 3
-            assert tiny_model._pool() is pool  # kept for the next batches and calls
-            pool.shutdown()
+    assert torch.equal(tiny_model.encode_images(images, batch_size=5), expected)
+    # Other batch sizes: the same up to float rounding of the batched matrix products.
+    torch.testing.assert_close(
+        tiny_model.encode_images(images, batch_size=3), expected, atol=1e-6, rtol=0
+    )
 
 
-def test_first_bad_image_in_order_is_raised_even_if_a_later_one_fails_first(monkeypatch):
-    import time
-
-    import numpy as np
-
-    import mmkd_utils.model.loading as loading
-
-    real_to_rgb = loading.to_rgb
-
-    def slow_for_first_bad(image):
-        if isinstance(image, np.ndarray) and image.ndim == 4:
-            time.sleep(0.2)  # the later bad image fails long before this one
-        return real_to_rgb(image)
-
-    monkeypatch.setattr(loading, "to_rgb", slow_for_first_bad)
+def test_first_bad_image_in_order_is_raised(tiny_model):
     good = np.zeros((8, 8, 3), np.uint8)
     images = [good, np.zeros((2, 2, 2, 2)), good, np.zeros((0, 4))]
-    with ThreadPoolExecutor(4) as pool:
-        with pytest.raises(ImageLoadError, match="4 dimensions"):
-            loading._prepare_images(images, lambda img: img.size, stop_at_error=True, pool=pool)
-        prepared = loading._prepare_images(
-            images, lambda img: img.size, stop_at_error=False, pool=pool
-        )
-    assert prepared[0] == (8, 8) and prepared[2] == (8, 8)
-    assert "4 dimensions" in str(prepared[1]) and "is empty" in str(prepared[3])
+    with pytest.raises(ImageLoadError, match="4 dimensions"):
+        tiny_model.encode_images(images)
+    with pytest.raises(ImageLoadError, match="4 dimensions"):
+        tiny_model.encode_images(images, batch_size=1)
+    with pytest.warns(UserWarning) as record:
+        feats = tiny_model.encode_images(images, on_error="skip", batch_size=2)
+    assert feats.shape[0] == 2
+    failures = record[0].message.failures
+    assert [i for i, _, _ in failures] == [1, 3]
+    assert "4 dimensions" in failures[0][2] and "is empty" in failures[1][2]
 
 
-def test_images_not_started_are_not_decoded_after_an_error(monkeypatch):
-    import threading
-
-    import numpy as np
-
-    import mmkd_utils.model.loading as loading
-
-    started, finished = [], []
-    good_started, release = threading.Event(), threading.Event()
-    real_to_rgb = loading.to_rgb
-
-    def blocking(image):
-        started.append(image.shape)
-        try:
-            if image.size:  # a good image: blocks until the timer releases it
-                good_started.set()
-                release.wait(timeout=10)
-            else:  # the bad one fails only once a good one is being prepared
-                good_started.wait(timeout=10)
-            return real_to_rgb(image)
-        finally:
-            finished.append(image.shape)
-
-    monkeypatch.setattr(loading, "to_rgb", blocking)
-    images = [np.zeros((0, 3))] + [np.zeros((4, 4), np.uint8) for _ in range(20)]
-    timer = threading.Timer(0.3, release.set)
-    timer.start()
-    pool = ThreadPoolExecutor(2)
-    try:
-        with pytest.raises(ImageLoadError, match="is empty"):
-            loading._prepare_images(images, lambda img: img, stop_at_error=True, pool=pool)
-        assert 2 <= len(started) <= 3  # the bad one and at most one more per thread
-        assert sorted(finished) == sorted(started)  # no work left running after the error
-    finally:
-        release.set()
-        timer.cancel()
-        pool.shutdown()
-
-
-def test_an_image_listed_twice_is_prepared_once(tiny_model, tmp_path):
+def test_an_image_listed_twice_gives_the_same_row(tiny_model, tmp_path):
     from PIL import Image
-
-    from mmkd_utils.model.loading import _prepare_images
 
     path = tmp_path / "lazy.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
-    lazy = Image.open(path)  # not loaded yet: two threads reading it would share the file
+    lazy = Image.open(path)  # not loaded yet
     other = np.zeros((16, 16), np.uint8)
-    calls = []
-
-    def preprocess(img):
-        calls.append(img.size)
-        return tiny_model.preprocess(img)
-
-    with ThreadPoolExecutor(3) as pool:
-        prepared = _prepare_images(
-            [lazy, other, lazy, lazy, other], preprocess, stop_at_error=True, pool=pool
-        )
-    assert sorted(calls) == [(16, 16), (40, 30)]
-    assert prepared[0] is prepared[2] is prepared[3] and prepared[1] is prepared[4]
-    assert torch.equal(prepared[0], tiny_model.preprocess(Image.open(path).convert("RGB")))
+    feats = tiny_model.encode_images([lazy, other, lazy, lazy, other])
+    for a, b in ((0, 2), (0, 3), (1, 4)):
+        torch.testing.assert_close(feats[a], feats[b], atol=1e-6, rtol=0)
+    expected = tiny_model.encode_pixels(
+        tiny_model.preprocess(Image.open(path).convert("RGB"))[None]
+    )
+    torch.testing.assert_close(feats[:1], expected, atol=1e-6, rtol=0)

@@ -86,7 +86,7 @@ def test_list_models_describes_every_entry():
 def test_unknown_names_list_the_registered_ones(name):
     with pytest.raises(CheckpointError) as info:
         load_model(name, device="cpu")
-    for known in registry.model_names():
+    for known in registry.MODELS:
         assert known in str(info.value)
     with pytest.raises(CheckpointError, match="biomedclip"):
         registry.get_spec(name)
@@ -183,17 +183,38 @@ def test_unimed_missing_local_file(monkeypatch, tmp_path):
         load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
 
 
+def _head(handler) -> None:
+    """What the hub answers to ``hf_hub_download``'s metadata request (HEAD, not recorded)."""
+    route = handler.server.owner.routes.get(handler.path)
+    if route is None:
+        handler.send_error(404, "Not Found")
+        return
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(route.body)))
+    handler.send_header("ETag", f'"{hash(route.body) & 0xFFFFFFFF:08x}"')
+    handler.send_header("X-Repo-Commit", "0" * 40)
+    handler.end_headers()
+
+
 @pytest.fixture
 def online(monkeypatch, server):
     """The hub is the local server; HF_HUB_OFFLINE (set for all tests) is lifted."""
+    import huggingface_hub.constants
+    import huggingface_hub.file_download
+    import support
+
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.file_download.time, "sleep", lambda s: None)
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)
+    monkeypatch.setattr(support._Handler, "do_HEAD", _head, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", server.url(""))
     return server
 
 
 def test_unimed_download_lands_in_cache_once(online):
     online.set(UNIMED_PATH, unimed_bytes())
-    assert registry.unimed_url() == online.url(UNIMED_PATH)
+    assert registry.hub_endpoint() + UNIMED_PATH == online.url(UNIMED_PATH)
     clip = load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
     dest = paths.cache_dir() / "unimed" / registry.UNIMED_FILE
     assert dest.is_file() and dest.read_bytes() == unimed_bytes()
@@ -227,12 +248,14 @@ def test_unimed_html_page_is_refused(online):
 
 def test_unimed_interrupted_download_is_refused_then_resumed(online):
     good = unimed_bytes()
-    online.set(UNIMED_PATH, Route(good, cut_after=len(good) // 3))
     dest = registry.unimed_cache_path()
+    # A server that always breaks off and cannot resume: refused, nothing at dest.
+    online.set(UNIMED_PATH, Route(good, cut_after=len(good) // 3, ranges=False))
     with pytest.raises(DownloadError, match="interrupted"):
         registry.unimed_checkpoint()
     assert not dest.exists()
-    online.set(UNIMED_PATH, Route(good))  # the next call resumes the .part with a Range
+    # A connection that breaks off twice: resumed with a Range where it stopped.
+    online.set(UNIMED_PATH, Route(good, cut_after=len(good) // 3))
     assert registry.unimed_checkpoint().read_bytes() == good
     assert online.hits(UNIMED_PATH)[-1].get("Range", "").startswith("bytes=")
 

@@ -45,7 +45,8 @@ from mmkd_utils.config import cache_dir
 from mmkd_utils.download import sha256_file
 from mmkd_utils.errors import ImageLoadError, SkippedImagesWarning
 from mmkd_utils.images.decode import to_rgb
-from mmkd_utils.model.loading import DEFAULT_IMAGE_BATCH, _check_batch_size
+from mmkd_utils.images.pipeline import DEFAULT_BATCH_SIZE as DEFAULT_IMAGE_BATCH
+from mmkd_utils.images.pipeline import check_batch_size as _check_batch_size
 from mmkd_utils.tasks.evaluation import IMAGE_SUFFIXES, list_images
 
 if TYPE_CHECKING:
