@@ -179,7 +179,7 @@ def _run(name: str, check) -> Check:
     try:
         return Check(name, *check())
     except Exception as err:  # one broken check must not hide the others
-        return Check(name, ERROR, f"the check failed: {err!r}", "please report this line")
+        return Check(name, ERROR, f"the check failed: {err!r}", "fix that, or report it")
 
 
 def doctor(*, network: bool = True, timeout: float = 3.0, verify_weights: bool = False):
