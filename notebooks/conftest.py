@@ -1,51 +1,37 @@
-"""Run the tutorial notebooks under pytest (nbval) on the tiny test model, offline.
+"""The environment the notebooks run in under pytest: the tiny test model, offline.
 
-``python -m pytest notebooks/ --nbval-lax`` executes every notebook top to bottom in a
-fresh Jupyter kernel; a cell fails the run only if it raises (``--nbval-lax``), and only
-cells marked ``# NBVAL_CHECK_OUTPUT`` would have their output compared.
-
-The kernels inherit this process's environment, so the variables below are set when
-pytest imports this file, before any kernel starts. They are always set (the caller's
-values are overridden) so that the run is hermetic:
+``test_notebooks.py`` runs every notebook top to bottom in a fresh Jupyter kernel. The
+kernels inherit this process's environment, so ``pytest_configure`` sets the variables
+below before any kernel starts — for the test session only (``pytest_unconfigure``
+restores them) and only those you have NOT set yourself (yours are kept and named in
+the report header):
 
 * ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` = 1: never contact the Hugging Face hub.
 * ``MMKD_CHECKPOINT`` / ``MMKD_TEXT_ENCODER``: the tiny checkpoint and tokenizer in
   ``tests/fixtures/tiny_upstream`` (random weights: the notebooks run but do not
   reproduce the published demo, and say so).
-* ``MMKD_UNIMED_CHECKPOINT`` / ``MMKD_BIOMEDCLIP`` (notebook 07): stand-ins for
-  UniMed-CLIP and BiomedCLIP, written at import time into temporary folders: the tiny
-  checkpoint with perturbed weights and NumPy scalars beside them (as in the published
-  UniMed-CLIP file), and a tiny open_clip model (timm ``test_vit`` + the tiny BERT) in
-  BiomedCLIP's folder layout. Random weights, like the tiny checkpoint.
-* ``MMKD_HOME``: a fresh temporary cache folder, removed when pytest exits.
+* ``MMKD_UNIMED_CHECKPOINT`` / ``MMKD_BIOMEDCLIP`` (notebook 07): tiny stand-ins for
+  UniMed-CLIP and BiomedCLIP, from ``tests/support.py`` (random weights too).
+* ``MMKD_HOME``: a fresh temporary cache folder, removed at the end.
 * ``MMKD_DEMO_IMAGES``: the published images in ``<repo>/../shared/reference/demo_images``
   when that folder exists (as in CI); otherwise nine small generated stand-ins under the
-  published names, in a temporary folder. ``demo_images()`` then warns that they are not
-  the published files, which is expected.
+  published names (``demo_images()`` then warns that they differ, which is expected).
 * ``MPLBACKEND`` = Agg: no display needed.
 
-Checked cells: notebooks are committed without outputs, and nbval compares only cells
-that carry a reference output. A cell marked ``# NBVAL_CHECK_OUTPUT`` therefore keeps
-its expected standard output in its metadata (``"mmkd_expected_output"``), which the
-hook below hands to nbval as the reference. Only weight-independent output (file names,
-counts, labels) is checked. ``python tools/update_expected_outputs.py`` refreshes
-that metadata after a deliberate change.
-
-To run the notebooks against the real weights instead, set ``MMKD_NOTEBOOK_REAL=1``:
-nothing is overridden then (only ``MPLBACKEND`` defaults to Agg when unset), so the
-released weights are downloaded unless ``MMKD_CHECKPOINT`` etc. point to local files.
-
-When ``tests/`` runs in the same session these variables are visible there too;
-``tests/conftest.py`` resets the ``MMKD_*`` ones for every test.
+With ``MMKD_NOTEBOOK_REAL=1`` only ``MPLBACKEND`` is set: the notebooks then use the
+released weights (downloaded unless ``MMKD_CHECKPOINT`` etc. point to local files).
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
+import functools
+import importlib.util
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +39,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "fixtures" / "tiny_upstream"
 SHARED_DEMO_IMAGES = REPO.parent / "shared" / "reference" / "demo_images"
+
+#: The notebooks are run by test_notebooks.py (a plain pytest test), not collected as files.
+collect_ignore_glob = ["*.ipynb"]
 
 #: Published demo image names, with the PIL mode the stand-in gets (as the originals).
 _STAND_INS = {
@@ -68,19 +57,20 @@ _STAND_INS = {
 }
 
 
-def _real_run_requested() -> bool:
-    return os.environ.get("MMKD_NOTEBOOK_REAL", "").strip().lower() in {"1", "true", "yes"}
+@functools.cache
+def load_support():
+    """``tests/support.py`` (the registry stand-ins), loaded from its file: no sys.path edit."""
+    spec = importlib.util.spec_from_file_location(
+        "mmkd_test_support", REPO / "tests" / "support.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def _temp_dir(prefix: str) -> Path:
-    """A fresh temporary folder, deleted when the pytest process exits."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
-
-
-def _make_stand_in_images(folder: Path) -> None:
-    """Write nine small images under the published names (not the published pixels)."""
+def _stand_in_images(folder: Path) -> Path:
+    """Nine small images under the published names (not the published pixels)."""
     import numpy as np
     from PIL import Image
 
@@ -93,67 +83,72 @@ def _make_stand_in_images(folder: Path) -> None:
         else:
             img = Image.fromarray(np.stack([gray, gray[::-1], np.roll(gray, 20 * i, 1)], -1))
         img.save(folder / name)
+    return folder
 
 
-def _support():
-    """``tests/support.py``: the stand-ins the unit tests use for the registry's models."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import support
+def _variables(temp: Callable[[str], Path]) -> dict[str, Callable[[], str]]:
+    """Each test variable and how to make its value (called only when it is needed)."""
+    if os.environ.get("MMKD_NOTEBOOK_REAL", "").strip().lower() in {"1", "true", "yes"}:
+        return {"MPLBACKEND": lambda: "Agg"}
+    demo = SHARED_DEMO_IMAGES
+    return {
+        "HF_HUB_OFFLINE": lambda: "1",
+        "TRANSFORMERS_OFFLINE": lambda: "1",
+        "MMKD_CHECKPOINT": lambda: str(TINY / "checkpoint.pt"),
+        "MMKD_TEXT_ENCODER": lambda: str(TINY / "tiny-biomedbert"),
+        "MMKD_HOME": lambda: str(temp("home")),
+        "MMKD_UNIMED_CHECKPOINT": lambda: str(_unimed_stand_in(temp("unimed"))),
+        "MMKD_BIOMEDCLIP": lambda: str(
+            load_support().write_biomedclip_stand_in(
+                temp("biomedclip"), text_name=str(TINY / "tiny-biomedbert")
+            )
+        ),
+        "MMKD_DEMO_IMAGES": lambda: str(demo if demo.is_dir() else _stand_in_images(temp("demo"))),
+        "MPLBACKEND": lambda: "Agg",
+    }
 
-    return support
 
-
-def _make_unimed_stand_in(folder: Path) -> Path:
-    """The tiny checkpoint, weights perturbed, with NumPy scalars as UniMed-CLIP's file."""
+def _unimed_stand_in(folder: Path) -> Path:
     path = folder / "unimed-clip-vit-b16.pt"
-    path.write_bytes(_support().unimed_bytes())
+    path.write_bytes(load_support().unimed_bytes())
     return path
 
 
-def _make_biomedclip_stand_in(folder: Path) -> Path:
-    """A tiny open_clip model in BiomedCLIP's layout: config, weights, tokenizer files."""
-    text = str(TINY / "tiny-biomedbert")
-    return _support().write_biomedclip_stand_in(folder, text_name=text)
+@contextlib.contextmanager
+def notebook_environment() -> Iterator[list[str]]:
+    """Set the test variables you have not set; yield the names of those you had set."""
+    patch, folders = pytest.MonkeyPatch(), []
+
+    def temp(name: str) -> Path:
+        folders.append(Path(tempfile.mkdtemp(prefix=f"mmkd_nb_{name}_")))
+        return folders[-1]
+
+    kept = []
+    try:
+        for name, make in _variables(temp).items():
+            if name in os.environ:
+                kept.append(name)
+            else:
+                patch.setenv(name, make())
+        yield kept
+    finally:
+        patch.undo()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _set_test_environment() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ["MMKD_CHECKPOINT"] = str(TINY / "checkpoint.pt")
-    os.environ["MMKD_TEXT_ENCODER"] = str(TINY / "tiny-biomedbert")
-    os.environ["MMKD_HOME"] = str(_temp_dir("mmkd_nb_home_"))
-    os.environ["MMKD_UNIMED_CHECKPOINT"] = str(_make_unimed_stand_in(_temp_dir("mmkd_nb_unimed_")))
-    os.environ["MMKD_BIOMEDCLIP"] = str(_make_biomedclip_stand_in(_temp_dir("mmkd_nb_bmc_")))
-    os.environ["MPLBACKEND"] = "Agg"
-    if SHARED_DEMO_IMAGES.is_dir():
-        os.environ["MMKD_DEMO_IMAGES"] = str(SHARED_DEMO_IMAGES)
-    else:
-        # Stand-ins: demo_images() warns that they differ from the published files.
-        folder = _temp_dir("mmkd_nb_images_")
-        _make_stand_in_images(folder)
-        os.environ["MMKD_DEMO_IMAGES"] = str(folder)
+_SESSION = contextlib.ExitStack()
+_KEPT: list[str] = []
 
 
-#: Cell metadata key holding a checked cell's expected standard output.
-EXPECTED_KEY = "mmkd_expected_output"
+def pytest_configure(config: pytest.Config) -> None:
+    _KEPT[:] = _SESSION.enter_context(notebook_environment())
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give each ``# NBVAL_CHECK_OUTPUT`` cell its reference output from the metadata."""
-    import nbformat
-
-    for item in items:
-        cell = getattr(item, "cell", None)
-        if cell is None or EXPECTED_KEY not in cell.get("metadata", {}):
-            continue
-        text = cell.metadata[EXPECTED_KEY]
-        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
-        cell.execution_count = 1
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _SESSION.close()
 
 
-if _real_run_requested():
-    os.environ.setdefault("MPLBACKEND", "Agg")
-else:
-    _set_test_environment()
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    kept = ", ".join(f"{n}={os.environ[n]}" for n in _KEPT if n.startswith("MMKD_"))
+    return [f"notebooks: your {kept} (kept)"] if kept else []

@@ -1,5 +1,8 @@
 """Every tutorial notebook follows the house layout (checked statically, nothing is run).
 
+Also: the notebooks' test environment (``notebooks/conftest.py``) keeps every variable
+the user has set and restores the others; no conftest or tool edits ``sys.path``.
+
 Rules, for every ``notebooks/**/*.ipynb`` (hidden folders such as ``.ipynb_checkpoints``
 are skipped):
 
@@ -14,8 +17,8 @@ are skipped):
 * exactly one code cell made only of imports, before any other code cell except the
   Colab setup cell (the one that mentions ``google.colab``); no imports and no
   ``%pip`` / ``!pip`` anywhere else;
-* at least one cell marked for nbval output checking (``# NBVAL_CHECK_OUTPUT`` or the
-  ``nbval-check-output`` tag);
+* at least one cell marked for output checking (``# NBVAL_CHECK_OUTPUT`` or the
+  ``nbval-check-output`` tag), with its expected output in the cell metadata;
 * no machine-specific absolute paths (``/root/``, ``/home/``, ``/tmp/``, ``/work/``,
   ``/Users/``, ``C:\\Users``) in any cell.
 """
@@ -23,6 +26,8 @@ are skipped):
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -282,7 +287,7 @@ def test_has_output_checked_cell(path):
 
 @notebook_param
 def test_checked_cells_carry_their_expected_output(path):
-    """nbval compares only cells with a reference; ours lives in the cell metadata."""
+    """notebooks/test_notebooks.py compares a marked cell's output with its metadata."""
     nb = _read(path)
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code" or not _is_checked(cell):
@@ -304,3 +309,55 @@ def test_no_absolute_paths(path):
             f"{match.group(0)!r}...; use paths relative to the notebook, the cache folder "
             "(MMKD_HOME) or the package's helpers."
         )
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+def _load_notebooks_conftest():
+    spec = importlib.util.spec_from_file_location("mmkd_nb_conftest", NOTEBOOKS / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebook_environment_keeps_what_the_user_set_and_restores_the_rest(tmp_path, monkeypatch):
+    monkeypatch.delenv("MMKD_NOTEBOOK_REAL", raising=False)
+    monkeypatch.setenv("MMKD_HOME", str(tmp_path / "mine"))
+    for name in ("MMKD_CHECKPOINT", "MMKD_BIOMEDCLIP", "MMKD_DEMO_IMAGES", "MPLBACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    conftest = _load_notebooks_conftest()
+    assert os.environ["MMKD_HOME"] == str(tmp_path / "mine")  # importing changes nothing
+    assert "MMKD_CHECKPOINT" not in os.environ
+    with conftest.notebook_environment() as kept:
+        assert "MMKD_HOME" in kept
+        assert os.environ["MMKD_HOME"] == str(tmp_path / "mine")
+        assert Path(os.environ["MMKD_CHECKPOINT"]) == conftest.TINY / "checkpoint.pt"
+        biomedclip = Path(os.environ["MMKD_BIOMEDCLIP"])
+        assert (biomedclip / "open_clip_config.json").is_file()
+        demo = Path(os.environ["MMKD_DEMO_IMAGES"])
+        assert len(list(demo.iterdir())) == 9
+        assert os.environ["MPLBACKEND"] == "Agg"
+    assert os.environ["MMKD_HOME"] == str(tmp_path / "mine")
+    for name in ("MMKD_CHECKPOINT", "MMKD_BIOMEDCLIP", "MMKD_DEMO_IMAGES", "MPLBACKEND"):
+        assert name not in os.environ
+    assert not biomedclip.exists()  # the session's temporary folders are removed
+    if not conftest.SHARED_DEMO_IMAGES.is_dir():
+        assert not demo.exists()
+
+
+def test_no_conftest_or_tool_edits_sys_path():
+    files = [*REPO.glob("**/conftest.py"), *REPO.glob("tools/*.py")]
+    for path in files:
+        if ".venv" in path.parts or ".git" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        uses = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr == "path"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        ]
+        assert not uses, f"{_rel(path)} lines {uses}: uses sys.path"
