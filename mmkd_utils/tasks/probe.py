@@ -1,19 +1,11 @@
 """Few-shot linear probes on frozen embeddings: how accuracy grows with labelled examples.
 
-For each shot count ``k`` and seed, :func:`linear_probe`
-
-1. draws ``k`` examples per class with :func:`sample_shots` (``"all"``: all, once);
-2. chooses ``C`` from ``Cs`` with scikit-learn's ``LogisticRegressionCV`` (accuracy over
-   ``StratifiedKFold(min(cv, smallest class count))``, ties to the smallest ``C``); with a
-   single example in some class it uses :data:`DEFAULT_C` (``cv_folds`` 0);
-3. fits ``LogisticRegression(C=C, max_iter=1000)`` on those examples and scores it on the
-   test set. The embeddings are used as given (float64); the fits use one BLAS thread.
-
-Its plot is :func:`mmkd_utils.plotting.plot_probe_curve`. Used in notebook 05.
-
-Example:
-    >>> sample_shots(["a", "b", "a"], k=1, seed=0).size
-    2
+Per shot count ``k`` and seed, :func:`linear_probe` draws ``k`` examples per class
+(:func:`sample_shots`; ``"all"``: all, once), chooses ``C`` with ``LogisticRegressionCV``
+(accuracy over ``StratifiedKFold(min(cv, smallest class))``, ties to the smallest ``C``;
+:data:`DEFAULT_C` if a class has one example), fits ``LogisticRegression(C=C)`` on them and
+scores it on the test set (float64, one BLAS thread). Plotted by
+:func:`mmkd_utils.plotting.plot_probe_curve` in notebook 05.
 """
 
 from __future__ import annotations
@@ -73,42 +65,37 @@ class ProbeResult:
 def _side(embeddings: Any, labels: Any, side: str) -> tuple[np.ndarray, np.ndarray]:
     """``[N, D]`` float64 embeddings and N labels (``.labels`` of an embed_folder result)."""
     name, values = f"{side}_embeddings", getattr(embeddings, "embeddings", embeddings)
-    values = values.detach().cpu().double() if hasattr(values, "detach") else values
     try:
-        x = np.asarray(values, dtype=np.float64)
+        x = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=float)
     except (TypeError, ValueError) as err:
         raise ProbeError(f"{name} must be numbers, an [N, D] tensor or array ({err}).") from None
     if x.ndim != 2 or 0 in x.shape:
         raise ProbeError(f"{name} must be non-empty 2-D embeddings [N, D], not {x.shape}.")
     if (bad := np.flatnonzero(~np.isfinite(x).all(axis=1))).size:
         raise ProbeError(
-            f"{name} has non-finite values (NaN or inf) in {bad.size} row(s), the "
-            f"first being row {bad[0]}; re-compute or drop those rows."
+            f"{name} has non-finite values (NaN or inf) in {bad.size} row(s), the first being "
+            f"row {bad[0]}; re-compute or drop those rows."
         )
-    name, labels = (
-        f"{side}_labels",
-        getattr(embeddings, "labels", None) if labels is None else labels,
-    )
+    labels = getattr(embeddings, "labels", None) if labels is None else labels
     if labels is None or isinstance(labels, str):
-        what = "None (and the embeddings have no .labels)" if labels is None else "one string"
-        raise ProbeError(f"{name} must be a list with one label per embedding, not {what}.")
-    y = np.empty(len(items := list(getattr(labels, "tolist", lambda: labels)())), dtype=object)
-    y[:] = items
+        what = "one string" if labels else "None (and the embeddings have no .labels)"
+        raise ProbeError(f"{side}_labels must be a list with one label per embedding, not {what}.")
+    y = pd.Series(list(getattr(labels, "tolist", lambda: labels)()), dtype=object).to_numpy()
     if len(y) != len(x):
         raise ProbeError(
-            f"{name} has {len(y)} entries but {side}_embeddings has {len(x)} rows; "
-            "pass one label per embedding, in the same order."
+            f"{side}_labels has {len(y)} entries but {name} has {len(x)} rows: pass one label "
+            "per embedding, in the same order."
         )
-    if None in items:
+    if None in y:
         raise ProbeError(
-            f"{name} has {items.count(None)} missing label(s) (None); drop the "
+            f"{side}_labels has {sum(v is None for v in y)} missing label(s) (None): drop the "
             "unlabelled embeddings first."
         )
     try:
         np.unique(y)
     except TypeError:
-        kinds = ", ".join(sorted({type(i).__name__ for i in items}))
-        raise ProbeError(f"{name} mixes label types ({kinds}); use one type.") from None
+        kinds = ", ".join(sorted({type(v).__name__ for v in y}))
+        raise ProbeError(f"{side}_labels mixes label types ({kinds}); use one type.") from None
     return x, y
 
 
@@ -200,8 +187,7 @@ def linear_probe(
     y_test = np.array([code[c] for c in y_test.tolist()])
     shot_list, seed_list, cs, cv = _settings(shots, seeds, Cs, cv)
 
-    notes: list[str] = []
-    rows, unconverged = [], 0
+    notes, rows, unconverged = [], [], 0
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # counted below, in a note
         warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")

@@ -82,23 +82,19 @@ def similarity_matrix(a: Any, b: Any) -> torch.Tensor:
 
 def _index(index: Any, paths: Any) -> tuple[torch.Tensor, list, list]:
     """Embeddings, one name per row (a path or the row number) and labels ([] if none)."""
-    emb, labels = _matrix(index, "index"), []
-    if hasattr(index, "paths") and hasattr(index, "embeddings"):
-        if paths is not None:
-            raise RetrievalError(
-                "paths= is only for a tensor index; this one already has its own paths."
-            )
-        paths, labels = index.paths, list(getattr(index, "labels", None) or [])
-    elif paths is None:
-        return emb, list(range(len(emb))), []
+    emb, own = _matrix(index, "index"), getattr(index, "paths", None)
+    if own is not None and paths is not None:
+        raise RetrievalError(
+            "paths= is only for a tensor index; this one already has its own paths."
+        )
     if isinstance(paths, (str, os.PathLike)):
         raise RetrievalError("paths must be a list with one name per index row, not one string.")
-    names = [str(p) for p in paths]
-    if len(emb) != len(names) or (labels and len(labels) != len(names)):
+    names = [str(p) for p in own or paths] if own or paths is not None else [*range(len(emb))]
+    if len(names) != len(emb):
         raise RetrievalError(
-            f"paths has {len(names)} entries but the index has {len(emb)} rows (and "
-            f"{len(labels)} labels); pass one name per row."
+            f"paths has {len(names)} entries but the index has {len(emb)} rows; pass one per row."
         )
+    labels = list(getattr(index, "labels", None) or [])
     return emb, names, labels if any(label is not None for label in labels) else []
 
 
@@ -112,31 +108,29 @@ def _queries(queries: Any, model: Any, dim: int) -> tuple[torch.Tensor, list]:
         raise RetrievalError(
             f"queries must be texts, images or embeddings, not {type(queries).__name__}."
         )
-    items = [queries] if one else list(queries)
-    if not items:
-        raise RetrievalError("queries is empty: pass at least one text, image or embedding.")
-    images = (os.PathLike, Image.Image, np.ndarray)
-    kinds = [
+    items, images = [queries] if one else list(queries), (os.PathLike, Image.Image, np.ndarray)
+    kinds = {
         "text" if isinstance(q, str) else "image" if isinstance(q, images) else type(q).__name__
         for q in items
-    ]
-    if len(set(kinds)) > 1 or kinds[0] not in ("text", "image"):
-        odd = [kind for kind in kinds if kind not in ("text", "image")]
-        what = f"holds a {odd[0]}" if odd else "mixes texts and images"
+    }
+    if kinds not in ({"text"}, {"image"}):
+        odd = sorted(kinds - {"text", "image"})
+        what = f"holds a {odd[0]}" if odd else "mixes texts and images" if kinds else "is empty"
         raise RetrievalError(
             f"queries {what}: search with texts (str) or images (pathlib.Path, PIL image, numpy "
             "array), in separate calls; strings are always texts. Stack embeddings into one "
             "tensor [Q, D]."
         )
+    kind = kinds.pop()
     if model is None or getattr(model, "embed_dim", dim) != dim:
         raise RetrievalError(
-            f"Embedding {kinds[0]} queries needs the model that embedded the {dim}-d index: "
+            f"Embedding {kind} queries needs the model that embedded the {dim}-d index: "
             "pass model=<that MMKDModel>, e.g. search(queries, index, model=clip)."
             if model is None
-            else f"The model embeds {kinds[0]} queries in {model.embed_dim} dimensions but "
+            else f"The model embeds {kind} queries in {model.embed_dim} dimensions but "
             f"the index has {dim}-d embeddings: both must come from the same model."
         )
-    if kinds[0] == "image":
+    if kind == "image":
         names = [
             str(q) if isinstance(q, os.PathLike) else getattr(q, "filename", "") or i
             for i, q in enumerate(items)
