@@ -3,11 +3,6 @@
 The index is an :func:`~mmkd_utils.tasks.embeddings.embed_folder` result or any [N, D]
 tensor or array. Strings are always texts: pass an image file as a :class:`pathlib.Path`.
 Introduced in ``notebooks/05_retrieval_and_linear_probe.ipynb``.
-
-Example:
-    >>> index = clip.encode_images([xray, imgs / "ct_head.png"])
-    >>> search(["A chest X-ray."], index, k=1, model=clip).columns.tolist()
-    ['query', 'rank', 'path', 'score']
 """
 
 from __future__ import annotations
@@ -34,16 +29,14 @@ __all__ = ["SEARCH_COLUMNS", "RetrievalError", "search", "similarity_matrix"]
 
 def _matrix(values: Any, name: str) -> torch.Tensor:
     """Embeddings as a float CPU tensor [N, D] (a vector is one row): finite, no zero row."""
-    values = getattr(values, "embeddings", values)
-    if isinstance(values, np.ndarray):
-        values = torch.from_numpy(np.ascontiguousarray(values))
-    if not torch.is_tensor(values) or values.dtype.is_complex or values.dtype == torch.bool:
+    t = getattr(values, "embeddings", values)
+    t = torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t
+    if not torch.is_tensor(t) or t.dtype.is_complex or t.dtype == torch.bool:
         raise RetrievalError(
             f"{name} must be embeddings (a torch tensor or numpy array [N, D] of real numbers, "
-            f"or an embed_folder result), not {type(values).__name__}."
+            f"or an embed_folder result), not {type(t).__name__}."
         )
-    t = values.detach().cpu()
-    t = t[None] if t.ndim == 1 else t
+    t = t.detach().cpu()[None] if t.ndim == 1 else t.detach().cpu()
     if t.ndim != 2 or 0 in t.shape:
         problem = f"is empty (shape {tuple(t.shape)})" if t.ndim == 2 else "must be 2-D"
         raise RetrievalError(f"{name} {problem}: pass embeddings [N, D], not {tuple(t.shape)}.")
@@ -174,14 +167,12 @@ def search(
     scores, ids = torch.sort(sims, dim=1, descending=True, stable=True)
     k = min(int(k), len(names))
     ids = ids[:, :k].flatten().tolist()
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
             "query": [name for name in query_names for _ in range(k)],
             "rank": np.tile(np.arange(1, k + 1), len(query_names)),
             "path": [names[i] for i in ids],
             "score": scores[:, :k].flatten().double().numpy(),
+            **({"label": [labels[i] for i in ids]} if labels else {}),
         }
     )
-    if labels:
-        table["label"] = [labels[i] for i in ids]
-    return table
