@@ -219,7 +219,8 @@ def embed_folder(
     from_cache, groups, failed = len(rows), list(todo.values()), []
 
     # 2. Decode, preprocess and embed the rest, caching each batch as it completes.
-    firsts, pin = [paths[g[0]] for g in groups], model.device.type == "cuda"
+    firsts, workers = [paths[g[0]] for g in groups], workers if groups else 0
+    pin = model.device.type == "cuda"
     batches = pipeline.image_batches(
         firsts, model.preprocess, batch_size=size, num_workers=workers, pin_memory=pin
     )
