@@ -96,11 +96,7 @@ def _queries(queries: Any, model: Any, dim: int) -> tuple[torch.Tensor, list]:
     if torch.is_tensor(queries) or isinstance(queries, np.ndarray) or hasattr(queries, "paths"):
         emb, named = _matrix(queries, "queries"), hasattr(queries, "paths")
         return emb, [str(p) for p in queries.paths] if named else list(range(len(emb)))
-    one = isinstance(queries, (str, os.PathLike, Image.Image))
-    if not one and not isinstance(queries, Iterable):
-        raise RetrievalError(
-            f"queries must be texts, images or embeddings, not {type(queries).__name__}."
-        )
+    one = isinstance(queries, (str, os.PathLike, Image.Image)) or not isinstance(queries, Iterable)
     items, images = [queries] if one else list(queries), (os.PathLike, Image.Image, np.ndarray)
     kinds = {
         "text" if isinstance(q, str) else "image" if isinstance(q, images) else type(q).__name__
@@ -108,7 +104,8 @@ def _queries(queries: Any, model: Any, dim: int) -> tuple[torch.Tensor, list]:
     }
     if kinds not in ({"text"}, {"image"}):
         odd = sorted(kinds - {"text", "image"})
-        what = f"holds a {odd[0]}" if odd else "mixes texts and images" if kinds else "is empty"
+        what = "mixes texts and images" if kinds == {"text", "image"} else "is empty"
+        what = f"must be texts, images or embeddings, not {odd[0]}" if odd else what
         raise RetrievalError(
             f"queries {what}: search with texts (str) or images (pathlib.Path, PIL image, numpy "
             "array), in separate calls; strings are always texts. Stack embeddings into one "
