@@ -77,12 +77,11 @@ def _index(index: Any, paths: Any) -> tuple[torch.Tensor, list, list]:
     """Embeddings, one name per row (a path or the row number) and labels ([] if none)."""
     emb, own = _matrix(index, "index"), getattr(index, "paths", None)
     if own is not None and paths is not None:
-        raise RetrievalError(
-            "paths= is only for a tensor index; this one already has its own paths."
-        )
+        raise RetrievalError("paths= is for a tensor index; this one already has its own paths.")
     if isinstance(paths, (str, os.PathLike)):
         raise RetrievalError("paths must be a list with one name per index row, not one string.")
-    names = [str(p) for p in own or paths] if own or paths is not None else [*range(len(emb))]
+    paths = own if own is not None else paths
+    names = list(range(len(emb))) if paths is None else [str(p) for p in paths]
     if len(names) != len(emb):
         raise RetrievalError(
             f"paths has {len(names)} entries but the index has {len(emb)} rows; pass one per row."
@@ -126,13 +125,12 @@ def _queries(queries: Any, model: Any, dim: int) -> tuple[torch.Tensor, list]:
             for i, q in enumerate(items)
         ]
         return model.encode_images(items), names
-    for text in items:
-        if text.strip().lower().endswith(IMAGE_SUFFIXES):
-            warnings.warn(
-                f"The query {text!r} looks like an image file name, but strings are searched "
-                f"as text. To search with the image, pass pathlib.Path({text!r}).",
-                stacklevel=3,
-            )
+    for text in (t for t in items if t.strip().lower().endswith(IMAGE_SUFFIXES)):
+        warnings.warn(
+            f"The query {text!r} is searched as text; to search with that image file, pass "
+            f"pathlib.Path({text!r}).",
+            stacklevel=3,
+        )
     return model.encode_texts(items), items
 
 
