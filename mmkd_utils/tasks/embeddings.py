@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from tqdm.auto import tqdm
 
 from mmkd_utils.config import cache_dir
@@ -39,8 +38,9 @@ from mmkd_utils.images import pipeline
 
 __all__ = ["IMAGE_SUFFIXES", "FolderEmbeddings", "cache_folder", "embed_folder"]
 
-#: File name endings :func:`embed_folder` treats as images (any case).
-IMAGE_SUFFIXES = (*IMG_EXTENSIONS, ".gif", ".dcm", ".dicom", ".nii", ".nii.gz")
+#: Image endings (any case): torchvision's IMG_EXTENSIONS (slow to import), GIF, DICOM, NIfTI.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES += (".gif", ".dcm", ".dicom", ".nii", ".nii.gz")
 _WARN_LINES = 10  # failures listed in a message before "... and N more"
 
 
@@ -95,7 +95,7 @@ def _find_images(root: Path, pattern: str | None) -> list[Path]:
     found = []
     for top, folders, files in os.walk(root):
         folders[:] = [f for f in folders if not f.startswith(".")]
-        found += [Path(top, f) for f in files if has_file_allowed_extension(f, IMAGE_SUFFIXES)]
+        found += [Path(top, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     found = [p for p in found if not p.name.startswith(".")]
     if pattern is not None:
         if not isinstance(pattern, str) or not pattern:
