@@ -1,17 +1,16 @@
-"""compare_models, summarize_comparison and plot_model_comparison (offline, tiny models)."""
+"""compare_models, model_columns and summarize_comparison (offline, tiny models)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 from support import TINY, TINY_TEXT, unimed_bytes, write_biomedclip_stand_in
 
 import mmkd_utils.model.registry as registry
 from mmkd_utils import compare_models, load_model
 from mmkd_utils.errors import PromptError
-from mmkd_utils.tasks.compare import model_columns, plot_model_comparison, summarize_comparison
+from mmkd_utils.tasks.compare import model_columns, summarize_comparison
 
 IMAGES = sorted((TINY / "images").iterdir())[:4]
 PROMPTS = ["A chest X-ray.", "An MRI scan of the brain.", "A fundus photograph."]
@@ -142,61 +141,6 @@ def test_bad_inputs_are_explained(three_models):
         compare_models({"m": clip}, [IMAGES[0], IMAGES[0]], PROMPTS)
     with pytest.raises(PromptError):
         compare_models({"m": clip}, IMAGES, [])
-
-
-# --------------------------------------------------------------------------- plot
-
-
-def test_plot_has_one_bar_per_model_prompt_and_image(three_models):
-    table = compare_models(three_models, IMAGES, PROMPTS)
-    fig = plot_model_comparison(table)
-    assert isinstance(fig, Figure)
-    assert len(fig.axes) == len(IMAGES)
-    bars = sum(len(ax.patches) for ax in fig.axes)
-    assert bars == len(IMAGES) * len(PROMPTS) * len(three_models)
-    for ax in fig.axes:  # the first prompt at the top
-        texts = [t.get_text() for t in ax.get_yticklabels()]
-        labels = sorted(zip(ax.get_yticks(), texts, strict=True))
-        assert [text for _, text in labels] == PROMPTS[::-1]
-    (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == list(three_models)
-    fig.canvas.draw()  # it renders
-
-    one = plot_model_comparison(table, image=IMAGES[1].name)
-    assert len(one.axes) == 1 and len(one.axes[0].patches) == len(PROMPTS) * 3
-    assert IMAGES[1].name in one.axes[0].get_title()
-    last = plot_model_comparison(table, image=-1)
-    assert IMAGES[-1].name in last.axes[0].get_title()
-
-
-def test_plot_title_says_whether_models_agree():
-    models = {"a": FixedModel([[0.9, 0.1], [0.9, 0.1]]), "b": FixedModel([[0.8, 0.2], [0.3, 0.7]])}
-    table = compare_models(models, [np.zeros((4, 4), np.uint8)] * 2, ["x", "y"])
-    fig = plot_model_comparison(table)
-    assert "the same" in fig.axes[0].get_title() and "differs" in fig.axes[1].get_title()
-    values = sorted(round(p.get_width(), 3) for p in fig.axes[1].patches)
-    assert values == [0.1, 0.3, 0.7, 0.9]
-
-
-def test_plot_rejects_unknown_images_and_tables():
-    models = {"a": FixedModel([[0.9, 0.1]])}
-    table = compare_models(models, [np.zeros((4, 4), np.uint8)], ["x", "y"])
-    with pytest.raises(ValueError, match="not in the table"):
-        plot_model_comparison(table, image="missing.png")
-    with pytest.raises(ValueError, match="out of range"):
-        plot_model_comparison(table, image=3)
-    with pytest.raises(ValueError, match="compare_models"):
-        plot_model_comparison(table[["image", "prompt"]])
-
-
-def test_plotting_module_reexports_it():
-    from mmkd_utils import plotting
-
-    models = {"a": FixedModel([[0.9, 0.1]]), "b": FixedModel([[0.4, 0.6]])}
-    table = compare_models(models, [np.zeros((4, 4), np.uint8)], ["x", "y"])
-    fig = plotting.plot_model_comparison(table)
-    assert len(fig.axes[0].patches) == 4
-    assert "plot_model_comparison" in plotting.__all__
 
 
 def test_registered_names_load_for_comparison(monkeypatch, tmp_path):

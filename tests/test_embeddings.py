@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import torch
 from PIL import Image
 
 import mmkd_utils
-import mmkd_utils.tasks.embeddings as emb_mod
-from mmkd_utils import FolderEmbeddings, ImageLoadError, MMKDError, SkippedImagesWarning
-from mmkd_utils.model.loading import MMKDModel
-from mmkd_utils.tasks.embeddings import cache_folder, default_num_workers, embed_folder
+import mmkd_utils.images.pipeline as pipeline
+from mmkd_utils import FolderEmbeddings, ImageLoadError, MMKDError, MMKDModel, SkippedImagesWarning
+from mmkd_utils.images.pipeline import default_num_workers, usable_cpus
+from mmkd_utils.tasks.embeddings import cache_folder, embed_folder
 
 # --------------------------------------------------------------------------- helpers
 
@@ -45,9 +44,9 @@ def entries(model: MMKDModel) -> list[Path]:
 
 @pytest.fixture
 def spy(monkeypatch, tiny_model):
-    """Counts decodes (``to_rgb`` in the embeddings module) and forward passes."""
+    """Counts decodes (``to_rgb`` in the image pipeline) and forward passes."""
     calls = {"decode": 0, "forward": 0, "rows": 0}
-    real_to_rgb, real_encode = emb_mod.to_rgb, MMKDModel.encode_pixels
+    real_to_rgb, real_encode = pipeline.to_rgb, MMKDModel.encode_pixels
 
     def counting_to_rgb(image):
         calls["decode"] += 1
@@ -58,7 +57,7 @@ def spy(monkeypatch, tiny_model):
         calls["rows"] += pixels.shape[0]
         return real_encode(self, pixels)
 
-    monkeypatch.setattr(emb_mod, "to_rgb", counting_to_rgb)
+    monkeypatch.setattr(pipeline, "to_rgb", counting_to_rgb)
     monkeypatch.setattr(MMKDModel, "encode_pixels", counting_encode)
     return calls
 
@@ -285,18 +284,18 @@ def test_worker_processes_give_the_same_result(tiny_model, tmp_path):
 
 def test_failing_workers_fall_back_to_this_process(tiny_model, tmp_path, monkeypatch):
     root = make_folder(tmp_path / "data", {"a": 3})
-    real_loader = emb_mod._loader
+    real_loader = pipeline.image_loader
 
     class Broken:
         def __iter__(self):
             raise RuntimeError("worker start failed")
 
-    def loader(dataset, batch_size, num_workers, pin):
+    def loader(images, preprocess, *, num_workers=0, **kwargs):
         if num_workers:
             return Broken()
-        return real_loader(dataset, batch_size, num_workers, pin)
+        return real_loader(images, preprocess, num_workers=num_workers, **kwargs)
 
-    monkeypatch.setattr(emb_mod, "_loader", loader)
+    monkeypatch.setattr(pipeline, "image_loader", loader)
     with pytest.warns(UserWarning, match="worker start failed"):
         result = embed_folder(tiny_model, root, batch_size=2, num_workers=2, cache=False)
     torch.testing.assert_close(
@@ -306,7 +305,7 @@ def test_failing_workers_fall_back_to_this_process(tiny_model, tmp_path, monkeyp
 
 def test_default_num_workers():
     assert default_num_workers(10, 32) == 0
-    assert default_num_workers(64, 32) == min(4, os.cpu_count() or 1)
+    assert default_num_workers(64, 32) == min(4, usable_cpus())
 
 
 def test_bad_image_raise_and_skip(tiny_model, tmp_path, spy):
