@@ -654,7 +654,8 @@ def test_comparison_has_one_bar_per_model_prompt_and_image():
     assert isinstance(fig, Figure) and len(fig.axes) == 4
     assert sum(len(ax.patches) for ax in fig.axes) == 4 * 3 * 3
     for ax in fig.axes:  # the first prompt at the top
-        labels = sorted(zip(ax.get_yticks(), [t.get_text() for t in ax.get_yticklabels()]))
+        ticks = [t.get_text() for t in ax.get_yticklabels()]
+        labels = sorted(zip(ax.get_yticks(), ticks, strict=True))
         assert [text for _, text in labels] == prompts[::-1]
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["a", "b", "c"]
