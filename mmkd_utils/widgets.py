@@ -1,11 +1,8 @@
 """An interactive zero-shot demo (notebook 06): ipywidgets wired to plain, tested functions.
 
-Pick a bundled image or upload one (PNG, JPEG, TIFF, DICOM or NIfTI), type one prompt per
-line, choose the number of bars and, for DICOM and NIfTI, a CT window. The logic works
-without widgets: :func:`parse_prompts` (the text box), :func:`save_upload` (an upload),
-:func:`predict` (the ranking table), :func:`render` (one update: figure and message, never
-raising for bad input), :func:`bundled_images`; :func:`build_demo` only wires widgets to
-:func:`render`. ipywidgets (the ``notebooks`` extra) is imported by :func:`build_demo`.
+:func:`parse_prompts` reads the text box, :func:`save_upload` stores an upload, :func:`predict`
+ranks prompts, :func:`render` makes one update (figure and message; bad input is a message);
+:func:`build_demo` only wires widgets (the ``notebooks`` extra) to :func:`render`.
 """
 
 from __future__ import annotations
@@ -61,10 +58,7 @@ def parse_prompts(text: str) -> list[str]:
         raise PromptError(f"The prompts must be text, one per line, not {type(text).__name__}.")
     prompts = [p for p in dict.fromkeys(line.strip() for line in text.splitlines()) if p]
     if not prompts:
-        raise PromptError(
-            "There are no prompts: write at least one prompt, one per line, e.g. "
-            "'A chest X-ray showing pneumonia.' (two or more to compare them)."
-        )
+        raise PromptError("There are no prompts: write one per line, e.g. 'A chest X-ray.'")
     return prompts
 
 
@@ -108,15 +102,12 @@ def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
         'brain.nii.gz'
     """
     items = [upload_value] if isinstance(upload_value, Mapping) else upload_value
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise UploadError(
-            f"save_upload takes the value of an ipywidgets FileUpload, a tuple of dicts with "
-            f"'name' and 'content', not {type(upload_value).__name__}."
-        )
+    sequence = isinstance(items, Sequence) and not isinstance(items, (str, bytes))
+    if not sequence or not all(isinstance(i, Mapping) and "content" in i for i in items):
+        what = type(upload_value).__name__
+        raise UploadError(f"Pass FileUpload.value (tuple of dicts), not a {what} without 'content'")
     if not items:
         raise UploadError("No file was uploaded: click Upload and choose one image file.")
-    if not all(isinstance(item, Mapping) and "content" in item for item in items):
-        raise UploadError("An uploaded entry is without 'content'; pass FileUpload.value.")
     if len(items) > 1:
         names = ", ".join(repr(str(item.get("name"))) for item in items[:5])
         raise UploadError(f"{len(items)} files were uploaded ({names}); one file at a time.")
@@ -135,30 +126,15 @@ def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
             n += 1
             target = folder / f"{stem}_{n}{suffix}"
         if not target.exists():
-            handle, part = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".part")
+            part = folder / f".upload-{os.getpid()}.part"  # written whole, then renamed
             try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(data)
+                part.write_bytes(data)
                 os.replace(part, target)
             finally:
-                Path(part).unlink(missing_ok=True)
+                part.unlink(missing_ok=True)
     except OSError as err:
-        raise UploadError(
-            f"The upload {name!r} could not be saved in {folder} ({err}); choose another "
-            "upload_folder or free some disk space."
-        ) from None
+        raise UploadError(f"The upload {name!r} could not be saved in {folder}: {err}") from None
     return target
-
-
-def _top_k(top_k: Any) -> int | None:
-    bad = isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
-    if top_k is not None and bad:
-        raise ArgumentError(f"top_k must be a whole number of 1 or more, or None; not {top_k!r}.")
-    return top_k
-
-
-def _name(image: Any) -> str:
-    return Path(image).name if isinstance(image, (str, os.PathLike)) else "the image"
 
 
 def predict(model, image, prompts, *, top_k: int | None = None, window=None) -> pd.DataFrame:
@@ -171,7 +147,9 @@ def predict(model, image, prompts, *, top_k: int | None = None, window=None) -> 
         >>> list(predict(clip, xray, ["A chest X-ray.", "A brain MRI."]).columns)
         ['prompt', 'probability', 'rank']
     """
-    _top_k(top_k)
+    bad = isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
+    if top_k is not None and bad:
+        raise ArgumentError(f"top_k must be a whole number of 1 or more, or None; not {top_k!r}.")
     if isinstance(prompts, ZeroShotClassifier):
         labels, target = list(prompts.class_names), prompts
     elif isinstance(prompts, str):
@@ -181,9 +159,7 @@ def predict(model, image, prompts, *, top_k: int | None = None, window=None) -> 
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image, window=window)
     elif window is not None:
-        raise ImageLoadError(
-            f"window={window!r} applies to DICOM and NIfTI files only: pass a path."
-        )
+        raise ImageLoadError(f"window={window!r} is for DICOM and NIfTI files only: pass a path.")
     probs = model.zero_shot([image], target)[0].double().tolist()
     table = pd.DataFrame({"prompt": labels, "probability": probs})
     table = table.sort_values("probability", ascending=False, kind="stable", ignore_index=True)
@@ -206,18 +182,16 @@ def render(model, image, prompts_text, top_k: int | None = DEFAULT_TOP_K, window
         fig = plot_probability_bars(table["probability"], list(table["prompt"]), top_k)
     except MMKDError as err:
         return None, str(err)
-    fig.axes[0].set_title(_name(image), fontsize=10)
+    name = Path(image).name if isinstance(image, (str, os.PathLike)) else "the image"
+    fig.axes[0].set_title(name, fontsize=10)
     what = "classes" if isinstance(prompts_text, ZeroShotClassifier) else "prompts"
-    best, shown = table.iloc[0], len(fig.axes[0].patches)
-    return fig, (
-        f"{_name(image)}: most likely {best['prompt']!r} (p = {best['probability']:.3f}); "
-        f"showing {shown} of {len(table)} {what}."
-    )
+    best = f"{table['prompt'][0]!r} (p = {table['probability'][0]:.3f})"
+    shown = f"showing {len(fig.axes[0].patches)} of {len(table)} {what}"
+    return fig, f"{name}: most likely {best}; {shown}."
 
 
 def bundled_images(*, include_demo: bool = True) -> dict[str, Path]:
-    """The tutorials' images by file name: ``imgs/`` samples, then the demo images (a source
-    that is missing gives a warning, not an error).
+    """The tutorials' images by name: ``imgs/``, then the demo images (missing ones: a warning).
 
     Example:
         >>> "xray_chest_pa.png" in bundled_images(include_demo=False)
@@ -235,21 +209,10 @@ def bundled_images(*, include_demo: bool = True) -> dict[str, Path]:
     return images
 
 
-def _png_output(fig: Any) -> dict[str, Any]:
-    """An Output-widget entry (nbformat display_data) that shows ``fig`` as a PNG."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    png = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return {"output_type": "display_data", "data": {"image/png": png, "text/plain": repr(fig)}}
-
-
 def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) -> Any:
-    """The demo: an ``ipywidgets.VBox`` whose changes call :func:`render`.
-
-    Its parts are attributes (``image_picker``, ``upload``, ``window``, ``prompts_box``,
-    ``top_k``, ``status``, ``output``, ``images``, ``upload_folder``, ``last_figure``,
-    ``last_message``, ``refresh()``), so code can drive it by setting ``.value``;
-    ``renderer(image, text, top_k, window)`` may be replaced to change what it computes.
+    """The demo: an ``ipywidgets.VBox`` whose changes call :func:`render`. Set ``.value`` of
+    ``image_picker``, ``upload``, ``window``, ``prompts_box``, ``top_k``; read ``status``,
+    ``output``, ``last_figure``, ``last_message``; ``renderer`` may be replaced.
 
     Example:
         >>> demo = build_demo(clip, bundled_images(include_demo=False), upload_folder=tmp)
@@ -275,17 +238,11 @@ def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) 
     top_k = widgets.IntSlider(min(DEFAULT_TOP_K, n), min=1, max=max(10, n), style=style)
     top_k.description, top_k.continuous_update = "Top k", False
     status, output = widgets.HTML(), widgets.Output()
-    demo = widgets.VBox(
-        [widgets.HBox([picker, upload]), window, prompts_box, top_k, status, output]
-    )
-    demo.image_picker, demo.upload, demo.window, demo.prompts_box = (
-        picker,
-        upload,
-        window,
-        prompts_box,
-    )
-    demo.top_k, demo.status, demo.output, demo.images = top_k, status, output, by_name
-    demo.upload_folder, demo.last_figure, demo.last_message = folder, None, ""
+    row = widgets.HBox([picker, upload])
+    demo = widgets.VBox([row, window, prompts_box, top_k, status, output])
+    vars(demo).update(image_picker=picker, upload=upload, window=window, prompts_box=prompts_box)
+    vars(demo).update(top_k=top_k, status=status, output=output, images=by_name)
+    vars(demo).update(upload_folder=folder, last_figure=None, last_message="")
     demo.renderer = lambda image, text, k, win: render(model, image, text, k, win)
     quiet = []  # not empty while the demo changes its own widgets
 
@@ -293,18 +250,19 @@ def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) 
         demo.last_figure, demo.last_message = fig, message
         colour = "#1a5d1a" if fig is not None else "#a40000"
         status.value = f'<span style="color: {colour}">{html.escape(message)}</span>'
-        output.outputs = () if fig is None else (_png_output(fig),)
+        png = io.BytesIO()
+        if fig is not None:
+            fig.savefig(png, format="png", bbox_inches="tight")
+        data = {"image/png": base64.b64encode(png.getvalue()).decode(), "text/plain": repr(fig)}
+        output.outputs = () if fig is None else ({"output_type": "display_data", "data": data},)
 
     def refresh(_change: Any = None) -> None:
         if quiet:
             return
         chosen = None if window.value == NO_WINDOW else window.value
+        args = demo.images.get(picker.value), prompts_box.value, top_k.value, chosen
         try:
-            show(
-                *demo.renderer(
-                    demo.images.get(picker.value), prompts_box.value, top_k.value, chosen
-                )
-            )
+            show(*demo.renderer(*args))
         except Exception as err:  # a bug: show it rather than lose it in the kernel log
             show(None, f"Unexpected error ({type(err).__name__}): {err}")
 
