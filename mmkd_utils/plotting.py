@@ -54,9 +54,6 @@ def _axes(ax: Any, width: float, height: float) -> tuple[Figure, Any]:
     return fig, fig.add_subplot()
 
 
-# --------------------------------------------------------------------------- checks
-
-
 def _floats(values: Any, ndim: int, name: str = "probs") -> np.ndarray:
     """``values`` (list, array or tensor) as a finite, non-empty float64 array of ``ndim``
     dimensions, in [0, 1] when they are ``probs``; else an ArgumentError naming ``name``."""
@@ -85,10 +82,8 @@ def _floats(values: Any, ndim: int, name: str = "probs") -> np.ndarray:
 def _listed(values: Any, n: int, name: str, what: str, error: type = ArgumentError) -> list:
     """``values`` as a list of ``n`` items (not one string or image), else ``error``."""
     if isinstance(values, (str, Image.Image)) or not hasattr(values, "__iter__"):
-        raise error(
-            f"{name} must be a list, not one string or a {type(values).__name__} "
-            f"({values!r:.40}); wrap a single one in a list, e.g. [{name.rstrip('s')}]."
-        )
+        kind = f"a {type(values).__name__} ({values!r:.30})"
+        raise error(f"{name} must be a list, not one string or {kind}; e.g. [{name[:-1]}].")
     items = list(values)
     if len(items) != n:
         raise error(f"{name} has {len(items)} entries but {what}; pass one each, in order.")
@@ -129,10 +124,8 @@ def _pixels(image: Any, name: str, size: int = 0) -> tuple[np.ndarray, dict]:
         raise ImageLoadError(f"{name} is empty or not pixel numbers; pass a PIL image or array.")
     array = array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
-        raise ImageLoadError(
-            f"{name} has shape {array.shape}; pass H x W, H x W x 3 or H x W x 4 (channels "
-            "first? use tensor.permute(1, 2, 0) or array.transpose(1, 2, 0))."
-        )
+        hint = "H x W, H x W x 3 or 4; channels first? tensor.permute(1, 2, 0)"
+        raise ImageLoadError(f"{name} has shape {array.shape}; pass {hint}.")
     if size and max(array.shape[:2]) > size:
         scale = size / max(array.shape[:2])
         array = zoom(array, (scale, scale, 1)[: array.ndim], order=1)
@@ -144,9 +137,6 @@ def _pixels(image: Any, name: str, size: int = 0) -> tuple[np.ndarray, dict]:
 
 def _wrap(text: Any, width: int = LABEL_WRAP_WIDTH) -> str:
     return textwrap.fill(str(text), width) or str(text)
-
-
-# --------------------------------------------------------------------------- predictions
 
 
 def plot_probability_bars(probs: Any, labels: Any, top_k: int | None = None, ax=None) -> Figure:
@@ -196,13 +186,11 @@ def plot_predictions(images, probs, labels, top_k: int | None = 5, titles=None) 
     pixels = [_pixels(image, f"images[{i}]") for i, image in enumerate(images)]
     fig = _Figure(figsize=(11.0, max(2.6, 0.8 + 0.4 * k) * n), layout="constrained")
     axes = fig.subplots(n, 2, squeeze=False, width_ratios=[1.0, 1.6])
-    for (image_ax, bar_ax), (array, style), row, title in zip(
-        axes, pixels, probs, titles, strict=1
-    ):
-        image_ax.imshow(array, **style)
-        image_ax.set_axis_off()
-        image_ax.set_title(str(title), fontsize=10)
-        plot_probability_bars(row, labels, top_k=k, ax=bar_ax)
+    for (left, right), (array, style), row, title in zip(axes, pixels, probs, titles, strict=1):
+        left.imshow(array, **style)
+        left.set_axis_off()
+        left.set_title(str(title), fontsize=10)
+        plot_probability_bars(row, labels, top_k=k, ax=right)
     return fig
 
 
@@ -238,9 +226,6 @@ def plot_confusion_matrix(confusion, *, normalize=False, ax=None, labels=None) -
     return fig
 
 
-# --------------------------------------------------------------------------- probe, comparison
-
-
 def plot_probe_curve(result, zero_shot_accuracy=None, *, ax=None) -> Figure:
     """Linear-probe accuracy (mean ± std over seeds) against shots per class, log-2 axis.
 
@@ -271,7 +256,7 @@ def plot_probe_curve(result, zero_shot_accuracy=None, *, ax=None) -> Figure:
     ax.set_xticks(xs, [str(s) for s in shots])
     ax.minorticks_off()
     ax.set(ylim=(0.0, 1.02), xlabel="training examples per class (shots)", ylabel="test accuracy")
-    ax.set_title(f"Linear probe, {len(result.classes)} classes")
+    ax.set(title=f"Linear probe, {len(result.classes)} classes")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     return fig
@@ -313,9 +298,6 @@ def plot_model_comparison(table: pd.DataFrame, *, image: str | int | None = None
     handles, names = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside upper center", ncols=len(models), frameon=False)
     return fig
-
-
-# --------------------------------------------------------------------------- embeddings
 
 
 def plot_embedding_map(
@@ -377,20 +359,17 @@ def plot_similarity_heatmap(
     """
     images = as_matrix(image_embeddings, "image_embeddings")
     texts = as_matrix(text_embeddings, "text_embeddings")
-    if images.shape[1] != texts.shape[1]:
+    (n, d), (m, e) = images.shape, texts.shape
+    if d != e:
         raise ArgumentError(
-            f"image_embeddings has {images.shape[1]} dimensions per row but text_embeddings "
-            f"has {texts.shape[1]}; use one model for both."
+            f"image_embeddings has {d} dimensions per row but text_embeddings has {e}"
         )
-    n, m = len(images), len(texts)
     rows = _labels(image_labels, n, f"image_embeddings has {n} rows", "image_labels", False)
     cols = _labels(text_labels, m, f"text_embeddings has {m} rows", "text_labels", False)
-    if probabilities != (logit_scale is not None):
-        raise ArgumentError(
-            "probabilities=True needs logit_scale, e.g. model.logit_scale"
-            if probabilities
-            else "logit_scale is only used with probabilities=True"
-        )
+    if probabilities and logit_scale is None:
+        raise ArgumentError("probabilities=True needs logit_scale, e.g. model.logit_scale.")
+    if logit_scale is not None and not probabilities:
+        raise ArgumentError("logit_scale is only used with probabilities=True.")
     unit = []
     for name, matrix in (("image_embeddings", images), ("text_embeddings", texts)):
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
@@ -435,7 +414,7 @@ def plot_gallery(results, *, k=None, images_per_row=None, title_column="query") 
     """
     if not isinstance(results, pd.DataFrame):
         raise ArgumentError(
-            f"results must be the pandas DataFrame of search(), not {results!r:.30}"
+            f"results must be the pandas DataFrame of search(); got {results!r:.20}"
         )
     needed = (title_column, "rank", "path", "score")
     missing = ", ".join(repr(c) for c in needed if c not in results)
