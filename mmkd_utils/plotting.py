@@ -186,7 +186,7 @@ def plot_predictions(images, probs, labels, top_k: int | None = 5, titles=None) 
     pixels = [_pixels(image, f"images[{i}]") for i, image in enumerate(images)]
     fig = _Figure(figsize=(11.0, max(2.6, 0.8 + 0.4 * k) * n), layout="constrained")
     axes = fig.subplots(n, 2, squeeze=False, width_ratios=[1.0, 1.6])
-    for (left, right), (array, style), row, title in zip(axes, pixels, probs, titles, strict=1):
+    for (left, right), (array, style), row, title in zip(axes, pixels, probs, titles, strict=True):
         left.imshow(array, **style)
         left.set_axis_off()
         left.set_title(str(title), fontsize=10)
@@ -252,11 +252,10 @@ def plot_probe_curve(result, zero_shot_accuracy=None, *, ax=None) -> Figure:
     ax.errorbar(xs, means, stds, marker="o", capsize=3, label="linear probe (mean ± std, seeds)")
     if zero is not None:
         ax.axhline(zero, linestyle="--", color="#c44e52", label=f"zero-shot ({zero:.3f})")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, [str(s) for s in shots])
+    ax.set(xscale="log", title=f"Linear probe, {len(result.classes)} classes")
+    ax.set_xticks(xs, [str(s) for s in shots])  # "all" too, at its doubling
     ax.minorticks_off()
     ax.set(ylim=(0.0, 1.02), xlabel="training examples per class (shots)", ylabel="test accuracy")
-    ax.set(title=f"Linear probe, {len(result.classes)} classes")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     return fig
@@ -283,7 +282,8 @@ def plot_model_comparison(table: pd.DataFrame, *, image: str | int | None = None
     images = images if image is None else [image]
     fig = _Figure(figsize=(9.0, panel * len(images) + 0.5), layout="constrained")
     palette, height = colormaps["tab10"].colors, 0.8 / len(models)
-    for ax, name in zip(fig.subplots(len(images), 1, squeeze=False)[:, 0], images, strict=1):
+    panels = fig.subplots(len(images), 1, squeeze=False)[:, 0]
+    for ax, name in zip(panels, images, strict=True):
         group = table[table["image"] == name]
         ys = np.arange(len(group))[::-1]  # the first prompt at the top
         for k, model in enumerate(models):
@@ -291,8 +291,9 @@ def plot_model_comparison(table: pd.DataFrame, *, image: str | int | None = None
             y = ys + 0.4 - height * (k + 0.5)
             bars = ax.barh(y, values, 0.9 * height, color=palette[k % 10], label=model)
             bars[int(values.argmax())].set_hatch("//")  # the model's top-1 prompt
-        agree = {True: " — top-1 the same for every model", False: " — top-1 differs"}
-        title = f"{name}{agree.get(group.get('agreement', pd.Series([None])).iloc[0], '')}"
+        agree = group["agreement"].iloc[0] if "agreement" in group else None
+        verdict = {True: " — top-1 the same for every model", False: " — top-1 differs"}
+        title = f"{name}{verdict.get(agree, '')}"
         ax.set_yticks(ys, [_wrap(prompt) for prompt in group["prompt"]], fontsize=9)
         ax.set(xlim=(0, 1), xlabel="probability (hatched: each model's top-1)", title=title)
     handles, names = fig.axes[0].get_legend_handles_labels()
