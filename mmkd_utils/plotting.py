@@ -1,7 +1,7 @@
 """The notebooks' plots: probability bars, predictions, confusion, maps, heat maps, galleries.
 
-Each returns a :class:`matplotlib.figure.Figure` built without pyplot: nothing is shown or left
-open, and the figure shows itself in Jupyter when it is the last value of a cell (elsewhere:
+Each returns a :class:`matplotlib.figure.Figure` that pyplot does not manage: nothing is shown
+or left open, and it shows itself in Jupyter when it is the last value of a cell (elsewhere:
 ``fig.savefig("out.png")``). Images may be file paths, PIL images or arrays.
 """
 
