@@ -238,11 +238,6 @@ def test_save_upload_accepts_one_dict_and_bytes(tmp_path):
     assert path.read_bytes() == b"abc"
 
 
-def test_save_upload_accepts_the_ipywidgets_7_format(tmp_path):
-    value = {"x.dcm": {"metadata": {"name": "x.dcm", "size": 3}, "content": b"abc"}}
-    assert save_upload(value, tmp_path).read_bytes() == b"abc"
-
-
 def test_save_upload_same_file_twice_is_stored_once(tmp_path):
     value = upload_value(("a.nii.gz", b"first"))
     assert save_upload(value, tmp_path) == save_upload(value, tmp_path)
@@ -430,7 +425,7 @@ def test_bundled_images_with_demo_folder(samples, tmp_path, monkeypatch):
     for name in ["xray.png", "ct.jpg"]:
         (tmp_path / name).write_bytes(png_bytes())
     monkeypatch.setattr(
-        "mmkd_utils.demo.demo_images", lambda: [tmp_path / "xray.png", tmp_path / "ct.jpg"]
+        "mmkd_utils.widgets.demo_images", lambda: [tmp_path / "xray.png", tmp_path / "ct.jpg"]
     )
     images = bundled_images()
     assert list(images) == [*samples, "xray.png", "ct.jpg"]
@@ -440,7 +435,7 @@ def test_bundled_images_warns_when_demo_images_are_missing(samples, monkeypatch)
     def offline():
         raise DownloadError("no network")
 
-    monkeypatch.setattr("mmkd_utils.demo.demo_images", offline)
+    monkeypatch.setattr("mmkd_utils.widgets.demo_images", offline)
     with pytest.warns(UserWarning, match="demo images are not available: no network"):
         assert bundled_images() == samples
 
@@ -586,9 +581,9 @@ def test_importing_the_module_stays_light():
     import subprocess
     import sys
 
-    code = (
+    code = (  # ipywidgets is optional; pyplot would pick a backend
         "import sys, mmkd_utils.widgets; "
-        "print(sorted(m for m in ('ipywidgets', 'pandas', 'matplotlib') if m in sys.modules))"
+        "print(sorted(m for m in ('ipywidgets', 'matplotlib.pyplot') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -17,15 +17,14 @@ from matplotlib.offsetbox import AnnotationBbox
 from PIL import Image
 
 from mmkd_utils import plotting
-from mmkd_utils.errors import ImageLoadError, MMKDError, PromptError
+from mmkd_utils.errors import ImageLoadError, MissingDependencyError, MMKDError, PromptError
 from mmkd_utils.plotting import (
     THUMBNAIL_SIZE,
-    MissingDependencyError,
-    embed_2d,
     plot_embedding_map,
     plot_gallery,
     plot_similarity_heatmap,
 )
+from mmkd_utils.tasks.maps import embed_2d
 
 matplotlib.use("Agg")  # headless; only the tests pick a backend, never the package
 
@@ -528,10 +527,10 @@ def test_gallery_accepts_the_output_of_retrieval_search(tmp_path):
         pytest.param(results_table(), dict(title_column="caption"), ValueError,
                      r"missing the column\(s\) 'caption'.*set title_column", id="title_column"),
         pytest.param(results_table().iloc[:0], {}, ValueError, r"results is empty", id="empty"),
-        pytest.param(results_table(), dict(k=0), ValueError, r"k must be a whole number",
+        pytest.param(results_table(), dict(k=0), ValueError, r"k must be at least 1",
                      id="k 0"),
         pytest.param(results_table(), dict(images_per_row=2.5), ValueError,
-                     r"images_per_row must be a whole number", id="images_per_row float"),
+                     r"images_per_row must be a positive whole number", id="images_per_row float"),
         pytest.param(results_table().assign(score="high"), {}, ValueError,
                      r"results\['score'\] must hold numbers", id="text scores"),
         pytest.param(results_table().assign(path="missing.png"), {}, ImageLoadError,
@@ -549,13 +548,8 @@ def test_bad_gallery_input_raises_naming_the_argument(results, kwargs, error, ma
 # --------------------------------------------------------------------------- module
 
 
-def test_probe_curve_is_re_exported_lazily(monkeypatch):
-    probe = pytest.importorskip("mmkd_utils.tasks.probe")
-    calls = []
-    monkeypatch.setattr(probe, "plot_probe_curve", lambda *a, **k: calls.append((a, k)) or "fig")
-    assert plotting.plot_probe_curve("result", zero_shot_accuracy=0.5) == "fig"
-    assert calls == [(("result",), {"zero_shot_accuracy": 0.5})]
-    assert "plot_probe_curve" in plotting.__all__
+def test_plotting_still_offers_embed_2d():
+    assert plotting.embed_2d is embed_2d  # notebook 04 imports it from plotting
 
 
 def test_new_plots_do_not_import_pyplot_or_umap():
@@ -573,12 +567,119 @@ def test_new_plots_do_not_import_pyplot_or_umap():
     assert result.returncode == 0, result.stderr
 
 
-def test_probe_curve_re_export_draws_a_real_probe_result():
-    probe = pytest.importorskip("mmkd_utils.tasks.probe")
+# --------------------------------------------------------------------------- probe curve
+
+
+@pytest.fixture(scope="module")
+def probe_result():
+    from mmkd_utils.tasks.probe import linear_probe
+
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 8))
-    y = np.array(["benign", "malignant"] * 20)
+    x = rng.normal(size=(60, 8))
+    y = np.array(["benign", "malignant", "normal"] * 20)
     x[y == "malignant"] += 2.0
-    result = probe.linear_probe(x[:30], y[:30], x[30:], y[30:], shots=(1, "all"), seeds=(0,))
-    fig = plotting.plot_probe_curve(result, zero_shot_accuracy=0.6)
-    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    x[y == "normal"] -= 2.0
+    return linear_probe(x[:45], y[:45], x[45:], y[45:], shots=(1, 2, 4, "all"), seeds=(0, 5))
+
+
+def dashed_lines(ax):
+    return [line for line in ax.lines if line.get_linestyle() == "--"]
+
+
+def test_probe_curve_has_one_point_per_shot_count_and_the_zero_shot_line(probe_result):
+    fig = plotting.plot_probe_curve(probe_result, zero_shot_accuracy=0.55)
+    assert isinstance(fig, Figure) and fig._repr_png_().startswith(b"\x89PNG")
+    (ax,) = fig.axes
+    (container,) = ax.containers
+    line = container.lines[0]
+    assert list(line.get_xdata()) == [1.0, 2.0, 4.0, 8.0]  # "all" one doubling after 4
+    np.testing.assert_allclose(line.get_ydata(), probe_result.summary["mean_accuracy"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "all"]
+    assert ax.get_xscale() == "log"
+    (dashed,) = dashed_lines(ax)
+    assert list(dashed.get_ydata()) == [0.55, 0.55]
+
+
+def test_probe_curve_without_zero_shot_has_no_dashed_line(probe_result):
+    assert not dashed_lines(plotting.plot_probe_curve(probe_result).axes[0])
+
+
+def test_probe_curve_takes_an_evaluation_result_and_an_axes(probe_result):
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert (
+        plotting.plot_probe_curve(probe_result, types.SimpleNamespace(accuracy=0.4), ax=ax) is fig
+    )
+    assert list(dashed_lines(ax)[0].get_ydata()) == [0.4, 0.4]
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "high", True])
+def test_probe_curve_rejects_a_bad_zero_shot_accuracy(probe_result, value):
+    from mmkd_utils.errors import ProbeError
+
+    with pytest.raises(ProbeError, match="zero_shot_accuracy"):
+        plotting.plot_probe_curve(probe_result, value)
+
+
+# --------------------------------------------------------------------------- model comparison
+
+
+class FixedModel:
+    """A stand-in model with given probabilities (rows: images, columns: prompts)."""
+
+    def __init__(self, probs):
+        self.probs = np.asarray(probs, dtype=np.float32)
+
+    def zero_shot(self, images, prompts):
+        import torch
+
+        assert len(images) == self.probs.shape[0] and len(prompts) == self.probs.shape[1]
+        return torch.from_numpy(self.probs)
+
+
+def comparison(models: dict, n_images: int, prompts: list[str]) -> pd.DataFrame:
+    from mmkd_utils.tasks.compare import compare_models
+
+    images = [np.full((4, 4), 40 * i, np.uint8) for i in range(n_images)]
+    names = [f"img{i}.png" for i in range(n_images)]
+    return compare_models(models, images, prompts, image_names=names)
+
+
+def test_comparison_has_one_bar_per_model_prompt_and_image():
+    rng = np.random.default_rng(0)
+    prompts = ["A chest X-ray.", "An MRI scan of the brain.", "A fundus photograph."]
+    models = {name: FixedModel(rng.dirichlet(np.ones(3), size=4)) for name in "abc"}
+    table = comparison(models, 4, prompts)
+    fig = plotting.plot_model_comparison(table)
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    assert sum(len(ax.patches) for ax in fig.axes) == 4 * 3 * 3
+    for ax in fig.axes:  # the first prompt at the top
+        ticks = [t.get_text() for t in ax.get_yticklabels()]
+        labels = sorted(zip(ax.get_yticks(), ticks, strict=True))
+        assert [text for _, text in labels] == prompts[::-1]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "b", "c"]
+    fig.canvas.draw()  # it renders
+
+    one = plotting.plot_model_comparison(table, image="img1.png")
+    assert len(one.axes) == 1 and len(one.axes[0].patches) == 3 * 3
+    assert "img1.png" in one.axes[0].get_title()
+    assert "img3.png" in plotting.plot_model_comparison(table, image=-1).axes[0].get_title()
+
+
+def test_comparison_title_says_whether_models_agree():
+    models = {"a": FixedModel([[0.9, 0.1], [0.9, 0.1]]), "b": FixedModel([[0.8, 0.2], [0.3, 0.7]])}
+    fig = plotting.plot_model_comparison(comparison(models, 2, ["x", "y"]))
+    assert "the same" in fig.axes[0].get_title() and "differs" in fig.axes[1].get_title()
+    values = sorted(round(p.get_width(), 3) for p in fig.axes[1].patches)
+    assert values == [0.1, 0.3, 0.7, 0.9]
+
+
+def test_comparison_rejects_unknown_images_and_tables():
+    table = comparison({"a": FixedModel([[0.9, 0.1]])}, 1, ["x", "y"])
+    with pytest.raises(ValueError, match="not in the table"):
+        plotting.plot_model_comparison(table, image="missing.png")
+    with pytest.raises(ValueError, match="out of range"):
+        plotting.plot_model_comparison(table, image=3)
+    with pytest.raises(ValueError, match="compare_models"):
+        plotting.plot_model_comparison(table[["image", "prompt"]])
