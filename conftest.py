@@ -9,6 +9,7 @@ gets, with nothing to import:
 * ``imgs``: the repository's ``imgs/`` folder; ``xray``: its chest X-ray (a path);
 * ``tmp``: a new empty folder (a ``Path``) for examples that write files.
 
+Only the package's modules are read for examples (not tests/, notebooks/ or tools/).
 While an example runs, ``MMKD_HOME`` is a fresh temporary folder, the other ``MMKD_*``
 variables are unset and the Hugging Face hub is offline, for that example only.
 """
@@ -18,11 +19,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _pytest.doctest import DoctestItem
+from _pytest.doctest import DoctestItem, DoctestModule
 
 REPO = Path(__file__).resolve().parent
 TINY = REPO / "tests" / "fixtures" / "tiny_upstream"
 _MODEL: dict[str, object] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path, parent):
+    """``--doctest-modules`` reads the package's examples only, not the tests' own files."""
+    collected = yield
+    if REPO / "mmkd_utils" in file_path.parents:
+        return collected
+    return [c for c in collected if not isinstance(c, DoctestModule)]
 
 
 @pytest.fixture(autouse=True)

@@ -596,8 +596,7 @@ def table(r: dict, targets: list[tuple[str, str, bool]]) -> str:
     lines += [f"  [{'PASS' if ok else 'FAIL'}] {name}: {value}" for name, value, ok in targets]
     noise = r["machine_noise"]
     lines.append(
-        f"\nMachine noise: the serial loop varied by {noise:.0%} (interquartile range "
-        "over median)."
+        f"\nMachine noise: the serial loop varied by {noise:.0%} (interquartile range over median)."
     )
     if noise > NOISY_MACHINE:
         lines.append(

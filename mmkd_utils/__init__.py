@@ -12,6 +12,8 @@ Example:
 
 from mmkd_utils.doctor import doctor
 from mmkd_utils.errors import (
+    ArgumentError,
+    ArgumentTypeError,
     BankError,
     CheckpointError,
     DownloadError,
@@ -24,7 +26,6 @@ from mmkd_utils.errors import (
     PromptError,
     RetrievalError,
     SamplesNotFoundError,
-    SampleSourceError,
     SkippedImagesWarning,
     TextEncoderError,
     UnknownModalityError,
@@ -42,6 +43,8 @@ from mmkd_utils.tasks.retrieval import search
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "BankError",
     "CheckpointError",
     "DownloadError",
@@ -55,7 +58,6 @@ __all__ = [
     "ProbeError",
     "PromptError",
     "RetrievalError",
-    "SampleSourceError",
     "SamplesNotFoundError",
     "SkippedImagesWarning",
     "TextEncoderError",

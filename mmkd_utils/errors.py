@@ -1,16 +1,13 @@
 """Error and warning types of :mod:`mmkd_utils`, all in one place.
 
-Every error the package raises on purpose is a subclass of :class:`MMKDError`, so a
-notebook can catch them all with one ``except MMKDError``. Each message names the input
-that caused it and says what to do next. Each error also derives from the built-in
-exception it refines (``ValueError``, ``OSError``, ...), so older ``except`` clauses keep
-working. The modules that raise them re-export them (``mmkd_utils.samples`` still has
-``SampleSourceError``, ``mmkd_utils.prompts`` still has ``BankError``, ...).
+Every error the package raises for a bad input, a missing file or a failed download is
+an :class:`MMKDError` (one ``except MMKDError`` catches them all) and also the built-in
+exception it stands for, so ``except ValueError`` works too. Each message names the
+input and says what to do.
 
 Example:
-    >>> from mmkd_utils.errors import MMKDError, ImageLoadError
-    >>> issubclass(ImageLoadError, MMKDError)
-    True
+    >>> issubclass(ImageLoadError, MMKDError), issubclass(ImageLoadError, ValueError)
+    (True, True)
 """
 
 from __future__ import annotations
@@ -21,11 +18,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
-    """``text`` with lone surrogates escaped, so it can always be printed as UTF-8.
-
-    A file name that is not valid UTF-8 reaches Python with its bad bytes as surrogates
-    (``os.fsdecode(b"scan_\\xff.png")``); printing such a string raises
-    ``UnicodeEncodeError``. Here each such byte is shown as ``\\xNN`` instead.
+    """``text`` with lone surrogates (bytes of a non-UTF-8 file name) shown as ``\\xNN``.
 
     Example:
         >>> import os
@@ -41,17 +34,10 @@ def printable(text: str) -> str:
 
 
 class MMKDError(Exception):
-    """Base class of every error raised by ``mmkd_utils``.
-
-    Its message is always printable: file names that are not valid UTF-8 are shown with
-    their bad bytes as ``\\xNN`` (see :func:`printable`).
-    """
+    """Base class of every error raised by ``mmkd_utils``; its message is always printable."""
 
     def __str__(self) -> str:
         return printable(super().__str__())
-
-
-# --------------------------------------------------------------------------- arguments
 
 
 class ArgumentError(MMKDError, ValueError):
@@ -62,22 +48,16 @@ class ArgumentTypeError(MMKDError, TypeError):
     """An argument has a type the function cannot use (a number where a list is needed)."""
 
 
-# --------------------------------------------------------------------------- weights
-
-
 class CheckpointError(MMKDError, ValueError):
     """A checkpoint file is missing, unreadable, unsafe, or of another architecture."""
 
 
 class DownloadError(MMKDError, OSError):
-    """Weights or demo images could not be downloaded or did not verify."""
+    """Weights or demo images could not be downloaded, saved, or verified."""
 
 
 class TextEncoderError(MMKDError, OSError):
     """The text encoder's config or tokenizer could not be found or does not fit."""
-
-
-# --------------------------------------------------------------------------- inputs
 
 
 class ImageLoadError(MMKDError, ValueError):
@@ -89,33 +69,15 @@ class PromptError(MMKDError, ValueError):
 
 
 class BankError(PromptError):
-    """A prompt bank file is unreadable or invalid; ``path``, ``field`` and ``line`` say where.
+    """A prompt bank file is unreadable or invalid; ``path``, ``field`` and ``line`` say where."""
 
-    Example:
-        >>> err = BankError("x.yaml: tasks: missing", path="x.yaml", field="tasks")
-        >>> err.field
-        'tasks'
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | None = None,
-        field: str | None = None,
-        line: int | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, path=None, field=None, line=None) -> None:
         super().__init__(message)
-        self.path = path
-        self.field = field
-        self.line = line
-
-
-# --------------------------------------------------------------------------- analyses
+        self.path, self.field, self.line = path, field, line
 
 
 class EvaluationError(MMKDError, ValueError):
-    """An image folder does not fit the ImageFolder layout or the classifier's classes."""
+    """An image folder does not fit the one-folder-per-class layout or the classes."""
 
 
 class ProbeError(MMKDError, ValueError):
@@ -123,46 +85,25 @@ class ProbeError(MMKDError, ValueError):
 
 
 class RetrievalError(MMKDError, ValueError):
-    """Queries or an index that cannot be searched (wrong shape, type, or missing model)."""
+    """Queries or an index that cannot be searched (wrong shape or type, no model)."""
 
 
 class MissingDependencyError(MMKDError, ImportError):
-    """An optional package (such as ``umap-learn``) is needed but not installed.
-
-    Example:
-        >>> issubclass(MissingDependencyError, ImportError)
-        True
-    """
-
-
-# --------------------------------------------------------------------------- sample images
+    """An optional package (such as ``umap-learn``) is needed but not installed."""
 
 
 class SamplesNotFoundError(MMKDError, FileNotFoundError):
-    """The committed ``imgs/`` folder (or one of its files) is not there."""
-
-
-class SampleSourceError(MMKDError, RuntimeError):
-    """A source package is not installed, or its file is not the one the samples came from."""
+    """The ``imgs/`` folder of sample images (or one of its files) is not there."""
 
 
 class UnknownModalityError(MMKDError, ValueError):
     """``sample_images`` was asked for a modality that no sample has."""
 
 
-# --------------------------------------------------------------------------- warnings
-
-
 class SkippedImagesWarning(UserWarning):
-    """Some images could not be read and were skipped (``on_error="skip"``).
+    """Unreadable images were skipped (``on_error="skip"``); ``failures`` lists each.
 
-    ``failures`` lists ``(index, image, reason)`` for every skipped input, so the rows
-    that were returned can be matched to the inputs.
-
-    Example:
-        >>> w = SkippedImagesWarning("1 image skipped", [(3, "a.png", "missing")])
-        >>> w.failures[0][0]
-        3
+    ``failures`` holds ``(index, image, reason)``, so returned rows can be matched to inputs.
     """
 
     def __init__(self, message: str, failures: list[tuple[int, str, str]]) -> None:
@@ -174,31 +115,4 @@ class SkippedImagesWarning(UserWarning):
 
 
 class PrecisionFallbackWarning(UserWarning):
-    """A half-precision (fp16/bf16) forward pass gave NaN or infinity; fp32 was used instead.
-
-    Issued once per model; the affected batches are recomputed in fp32, so no NaN reaches
-    the results. ``load_model(..., precision="fp32")`` avoids the recomputation.
-    """
-
-
-__all__ = [
-    "MMKDError",
-    "ArgumentError",
-    "ArgumentTypeError",
-    "BankError",
-    "CheckpointError",
-    "DownloadError",
-    "EvaluationError",
-    "ImageLoadError",
-    "MissingDependencyError",
-    "PrecisionFallbackWarning",
-    "ProbeError",
-    "PromptError",
-    "RetrievalError",
-    "SampleSourceError",
-    "SamplesNotFoundError",
-    "SkippedImagesWarning",
-    "TextEncoderError",
-    "UnknownModalityError",
-    "printable",
-]
+    """A half-precision forward pass gave NaN or infinity; those batches were redone in fp32."""

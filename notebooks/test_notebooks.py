@@ -12,11 +12,13 @@ checked. The notebooks are committed without outputs; after a deliberate change,
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_client.manager import start_new_kernel
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import KernelManager
 
 NOTEBOOKS = Path(__file__).resolve().parent
 NOTEBOOK_PATHS = sorted(  # hidden folders such as .ipynb_checkpoints are skipped
@@ -33,6 +35,14 @@ def is_checked(cell: nbformat.NotebookNode) -> bool:
     return "# NBVAL_CHECK_OUTPUT" in cell.source or "nbval-check-output" in tags
 
 
+class ThisPython(KernelSpecManager):
+    """The kernel runs this interpreter, whatever kernels other environments installed."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        return KernelSpec(argv=argv, display_name="Python (tests)", language="python")
+
+
 def run_notebook(path: Path) -> list[tuple[int, nbformat.NotebookNode, str]]:
     """Run the code cells of ``path`` in a fresh kernel: (index, cell, standard output) each.
 
@@ -40,9 +50,13 @@ def run_notebook(path: Path) -> list[tuple[int, nbformat.NotebookNode, str]]:
     cell that raises.
     """
     notebook = nbformat.read(path, as_version=4)
-    manager, client = start_new_kernel(kernel_name="python3", cwd=str(path.parent))
+    manager = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+    manager.start_kernel(cwd=str(path.parent))
+    client = manager.client()
+    client.start_channels()
     results = []
     try:
+        client.wait_for_ready(timeout=60)
         for index, cell in enumerate(notebook.cells):
             if cell.cell_type != "code":
                 continue

@@ -334,7 +334,7 @@ def test_first_bad_image_in_order_is_raised(tiny_model):
     assert feats.shape[0] == 2
     failures = record[0].message.failures
     assert [i for i, _, _ in failures] == [1, 3]
-    assert "4 dimensions" in failures[0][2] and "is empty" in failures[1][2]
+    assert "4 dimensions" in failures[0][2] and "(0, 4)" in failures[1][2]
 
 
 def test_an_image_listed_twice_gives_the_same_row(tiny_model, tmp_path):

@@ -16,12 +16,7 @@ from PIL import Image
 
 from mmkd_utils import samples
 from mmkd_utils.demo import DEMO_MODALITIES
-from mmkd_utils.errors import (
-    MMKDError,
-    SamplesNotFoundError,
-    SampleSourceError,
-    UnknownModalityError,
-)
+from mmkd_utils.errors import MMKDError, SamplesNotFoundError, UnknownModalityError
 from mmkd_utils.samples import SAMPLES, sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +111,7 @@ def test_check_reports_differences_and_exits_1(tmp_path, capsys):
 def test_missing_source_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
     name = SAMPLES[0].file_name
     fake = SOURCES[name]._replace(module="no_such_sample_package_xyz")
-    with pytest.raises(SampleSourceError, match=r"pip install -e \"\.\[samples\]\""):
+    with pytest.raises(rebuild.SampleSourceError, match=r"pip install -e \"\.\[samples\]\""):
         rebuild.render(name, fake)
     monkeypatch.setitem(SOURCES, name, fake)
     assert main(["--check", "--out", str(tmp_path)]) == 2
@@ -126,7 +121,7 @@ def test_missing_source_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
 @pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image missing")
 def test_changed_source_file_is_refused():
     name = SAMPLES[-1].file_name
-    with pytest.raises(SampleSourceError, match="SHA-256"):
+    with pytest.raises(rebuild.SampleSourceError, match="SHA-256"):
         rebuild.render(name, SOURCES[name]._replace(sha256="0" * 64))
 
 
@@ -134,7 +129,7 @@ def test_sources_and_samples_must_list_the_same_files(monkeypatch):
     monkeypatch.setattr(
         rebuild, "SOURCES", {s.file_name: SOURCES[s.file_name] for s in SAMPLES[1:]}
     )
-    with pytest.raises(SampleSourceError, match=SAMPLES[0].file_name):
+    with pytest.raises(rebuild.SampleSourceError, match=SAMPLES[0].file_name):
         credits_markdown()
 
 

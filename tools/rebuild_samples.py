@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from mmkd_utils import load_image, to_rgb
-from mmkd_utils.errors import SampleSourceError
+from mmkd_utils.errors import MMKDError
 from mmkd_utils.samples import MISSING_MODALITIES, SAMPLES
 
 #: The repository's ``imgs/`` folder (next to this ``tools/`` folder).
@@ -43,6 +43,10 @@ CREDITS_NAME = "CREDITS.md"
 REBUILD_COMMAND = "python tools/rebuild_samples.py --rebuild"
 #: The pip command that installs the source packages (the ``samples`` extra).
 INSTALL_COMMAND = 'pip install -e ".[samples]"'
+
+
+class SampleSourceError(MMKDError, RuntimeError):
+    """A source package is not installed, or its file is not the one the samples came from."""
 
 
 class Source(NamedTuple):

@@ -1,13 +1,11 @@
 """The one image pipeline: a ``Dataset`` that decodes and preprocesses, and its ``DataLoader``.
 
 Everything that embeds many images (``MMKDModel.encode_images``, ``embed_folder``,
-``evaluate_folder``) batches them here, so decoding, preprocessing, worker processes and
-error reporting are written once. An image that cannot be read does not stop its batch:
-it comes back as a value in :attr:`Batch.failures`, and the caller decides whether to
-raise it or to skip the image.
+``evaluate_folder``) batches them here. An image that cannot be read does not stop its
+batch: it comes back as a value in :attr:`Batch.failures`, and the caller raises or
+skips it.
 
 Example:
-    >>> from mmkd_utils.images.pipeline import image_batches
     >>> import torchvision.transforms as T
     >>> batches = list(image_batches([xray, "missing.png"], T.ToTensor(), batch_size=2))
     >>> batches[0].indices, [i for i, _ in batches[0].failures]
@@ -34,10 +32,7 @@ MAX_WORKERS = 4
 
 
 class Batch(NamedTuple):
-    """One batch: positions of the images that loaded, their pixels, and the failures.
-
-    ``failures`` holds ``(position, ImageLoadError)`` for each image that could not be read.
-    """
+    """Positions of the images that loaded, their pixels, and ``(position, error)`` failures."""
 
     indices: list[int]
     pixels: torch.Tensor | None
@@ -45,7 +40,7 @@ class Batch(NamedTuple):
 
 
 class ImageDataset(Dataset):
-    """``preprocess(to_rgb(image))`` per item; an unreadable image becomes an error value.
+    """Item ``i`` is ``(i, preprocess(to_rgb(image)), None)``, or ``(i, None, error)``.
 
     Example:
         >>> import torchvision.transforms as T
@@ -54,8 +49,7 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, images: Sequence[ImageInput], preprocess: Callable[[Any], torch.Tensor]):
-        self.images = list(images)
-        self.preprocess = preprocess
+        self.images, self.preprocess = list(images), preprocess
 
     def __len__(self) -> int:
         return len(self.images)
@@ -76,7 +70,12 @@ class ImageDataset(Dataset):
 
 
 def collate(items: list[tuple[int, torch.Tensor | None, ImageLoadError | None]]) -> Batch:
-    """Stack the pixels of the images that loaded; keep the failures beside them."""
+    """Stack the pixels of the images that loaded; keep the failures beside them.
+
+    Example:
+        >>> collate([(0, torch.zeros(3, 2, 2), None), (1, None, ImageLoadError("bad"))]).indices
+        [0]
+    """
     ok = [(i, px) for i, px, _ in items if px is not None]
     return Batch(
         indices=[i for i, _ in ok],
@@ -99,18 +98,27 @@ def usable_cpus() -> int:
 
 
 def default_num_workers(n_images: int, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
-    """Worker processes for ``n_images``: none below two batches, else one per core (≤ 4).
-
-    With one batch there is nothing to overlap with the forward pass, and starting
-    processes would cost more than it saves.
+    """Worker processes: none below two batches (nothing to overlap), else one per core, ≤ 4.
 
     Example:
         >>> default_num_workers(10)
         0
     """
-    if n_images < 2 * batch_size:
-        return 0
-    return min(MAX_WORKERS, usable_cpus())
+    return 0 if n_images < 2 * batch_size else min(MAX_WORKERS, usable_cpus())
+
+
+def check_count(value: Any, name: str, default: int | None, minimum: int = 1) -> int | None:
+    """``value`` if it is a whole number ≥ ``minimum``, ``default`` for None; else ArgumentError.
+
+    Example:
+        >>> check_count(None, "batch_size", 32), check_count(0, "num_workers", None, minimum=0)
+        (32, 0)
+    """
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ArgumentError(f"{name}={value!r}: pass a whole number ≥ {minimum}, or None.")
+    return value
 
 
 def check_batch_size(batch_size: Any, default: int = DEFAULT_BATCH_SIZE) -> int:
@@ -120,11 +128,7 @@ def check_batch_size(batch_size: Any, default: int = DEFAULT_BATCH_SIZE) -> int:
         >>> check_batch_size(None), check_batch_size(8)
         (32, 8)
     """
-    if batch_size is None:
-        return default
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ArgumentError(f"batch_size={batch_size!r}: pass a positive whole number or None.")
-    return batch_size
+    return check_count(batch_size, "batch_size", default)
 
 
 def check_num_workers(num_workers: Any) -> int | None:
@@ -134,17 +138,11 @@ def check_num_workers(num_workers: Any) -> int | None:
         >>> check_num_workers(2)
         2
     """
-    if num_workers is None:
-        return None
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ArgumentError(
-            f"num_workers={num_workers!r}: pass 0, a positive whole number or None."
-        )
-    return num_workers
+    return check_count(num_workers, "num_workers", None, minimum=0)
 
 
 def image_loader(
-    images: Sequence[ImageInput],
+    images: Sequence[ImageInput] | Dataset,
     preprocess: Callable[[Any], torch.Tensor],
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -155,17 +153,12 @@ def image_loader(
 
     Example:
         >>> import torchvision.transforms as T
-        >>> loader = image_loader([xray, xray], T.ToTensor(), batch_size=2)
-        >>> next(iter(loader)).indices
+        >>> next(iter(image_loader([xray, xray], T.ToTensor(), batch_size=2))).indices
         [0, 1]
     """
+    dataset = images if isinstance(images, Dataset) else ImageDataset(images, preprocess)
     return DataLoader(
-        images if isinstance(images, Dataset) else ImageDataset(images, preprocess),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
+        dataset, batch_size, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory
     )
 
 
@@ -188,11 +181,9 @@ def image_batches(
         >>> [b.indices for b in image_batches([xray] * 3, T.ToTensor(), batch_size=2)]
         [[0, 1], [2]]
     """
-    size = check_batch_size(batch_size)
-    dataset = ImageDataset(images, preprocess)
+    size, dataset = check_batch_size(batch_size), ImageDataset(images, preprocess)
     workers = check_num_workers(num_workers)
-    if workers is None:
-        workers = default_num_workers(len(dataset), size)
+    workers = default_num_workers(len(dataset), size) if workers is None else workers
     done = 0
     if workers > 0:
         it = None
@@ -209,8 +200,7 @@ def image_batches(
         except Exception as err:  # the dataset catches its own errors: this is the workers
             warnings.warn(
                 f"DataLoader worker processes failed ({type(err).__name__}: {err}); decoding "
-                "the remaining images in this process instead. Pass num_workers=0 to skip "
-                "this attempt.",
+                "the remaining images in this process. Pass num_workers=0 to skip this attempt.",
                 stacklevel=2,
             )
         finally:

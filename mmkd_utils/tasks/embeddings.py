@@ -66,7 +66,12 @@ class FolderEmbeddings:
         return len(self.paths)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per image: ``path`` (str) and ``label``, in the order of the embeddings."""
+        """One row per image: ``path`` (str) and ``label``, in the order of the embeddings.
+
+        Example:
+            >>> embed_folder(clip, imgs, pattern="xray*").to_frame().shape
+            (1, 2)
+        """
         paths = pd.Series([str(p) for p in self.paths], dtype=object)
         return pd.DataFrame({"path": paths, "label": pd.Series(self.labels, dtype=object)})
 

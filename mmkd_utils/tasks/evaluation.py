@@ -304,7 +304,10 @@ def evaluate_folder(
         paths += images
         truth += [names.index(mapping[folder.name])] * len(images)
     if not paths:
-        raise EvaluationError(f"No class folder under {root} holds image files: add some.")
+        raise EvaluationError(
+            f"No class folder under {root} holds image files: put the images in one "
+            "sub-folder per class."
+        )
     feats, failed = _embed(model, paths, size, on_error)
     left_out = skipped + failed
     if left_out:

@@ -82,7 +82,10 @@ def embed_2d(
         if isinstance(perplexity, bool) or not isinstance(perplexity, numbers.Real):
             raise ArgumentError(f"perplexity must be a number such as 5 or 30, got {perplexity!r}.")
         if not 0 < perplexity < n:
-            raise ArgumentError(f"perplexity must be above 0 and below the number of points ({n}).")
+            raise ArgumentError(
+                f"perplexity must be above 0 and below the number of points ({n}), got "
+                f"{perplexity}; try perplexity={(n - 1) / 3:.1f} or leave it as None."
+            )
         reducer = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state)
     else:
         try:
