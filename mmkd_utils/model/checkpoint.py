@@ -1,8 +1,4 @@
-"""Reading MMKD-CLIP checkpoints safely, and their architecture from the tensor shapes.
-
-Files are read without running pickled code (``weights_only=True``); keys may carry the
-``module.`` prefix of DDP training; ``text_encoder.`` keys become open_clip's ``text.``.
-"""
+"""Reading MMKD-CLIP checkpoints without running pickled code, and their architecture."""
 
 from __future__ import annotations
 
@@ -26,25 +22,6 @@ REQUIRED_KEYS = ("visual.conv1.weight", "visual.positional_embedding", "visual.p
 REQUIRED_KEYS += ("logit_scale", _WORDS, _POSITIONS, "text_encoder.proj.0.weight")
 
 
-def sniff(path: str | Path) -> str | None:
-    """Why ``path`` cannot be a torch checkpoint (empty, a web page...), or None if it may be.
-
-    Example:
-        >>> sniff(tiny_checkpoint) is None, sniff(xray)
-        (True, 'it is not a torch checkpoint')
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError as err:
-        return f"it could not be read ({err.strerror})"
-    if not head:
-        return "it is empty"
-    if head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")):
-        return "it is a web page (HTML), as Google Drive sends when the download quota is exceeded"
-    return None if head.startswith((b"PK", b"\x80")) else "it is not a torch checkpoint"
-
-
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an MMKD-CLIP ``.pth`` as a flat fp32 state dict; files that would run code are refused.
 
@@ -53,10 +30,16 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         torch.Size([128, 3, 16, 16])
     """
     path = Path(path)
-    if not path.is_file():
-        what = "is a folder (load it with load_model)" if path.is_dir() else "does not exist"
-        raise CheckpointError(f"Checkpoint {path} {what}: check the path.")
-    if problem := sniff(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        raise CheckpointError(f"Cannot read {path}: {err.strerror}; check the path.") from None
+    if head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")):
+        problem = "it is a web page (HTML), as servers send for a refused download (quota?)"
+    else:
+        problem = "it is empty" if not head else "it is not a torch checkpoint"
+    if not head.startswith((b"PK", b"\x80")):
         raise CheckpointError(f"Cannot read {path}: {problem}. Download it again.")
     try:
         try:
@@ -111,7 +94,8 @@ def to_open_clip_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
     return {re.sub(r"^text_encoder\.", "text.", k): v for k, v in state_dict.items()}
 
 
-def _layers(state_dict: Mapping[str, Any], pattern: str) -> int:
+def _layers(state_dict: Mapping[str, Any], prefix: str) -> int:
+    pattern = re.escape(prefix) + r"\.(\d+)\."
     return 1 + max((int(m[1]) for k in state_dict if (m := re.match(pattern, k))), default=-1)
 
 
@@ -138,7 +122,7 @@ def model_config_from_state_dict(state_dict: Mapping[str, Any], text_encoder: st
             "image_size": int(grid * patch),
             "patch_size": int(patch),
             "width": int(width),
-            "layers": _layers(state_dict, r"visual\.transformer\.resblocks\.(\d+)\."),
+            "layers": _layers(state_dict, "visual.transformer.resblocks"),
             "head_width": 64,
             "mlp_ratio": float(mlp.shape[0] / width) if mlp is not None else 4.0,
         },
@@ -165,9 +149,7 @@ def check_text_config(state_dict: Mapping[str, Any], hf_config: Any, source: str
     wanted = {
         "vocab_size": state_dict[_WORDS].shape[0],
         "hidden_size": state_dict[_WORDS].shape[1],
-        "num_hidden_layers": _layers(
-            state_dict, r"text_encoder\.transformer\.encoder\.layer\.(\d+)\."
-        ),
+        "num_hidden_layers": _layers(state_dict, "text_encoder.transformer.encoder.layer"),
         "max_position_embeddings": state_dict[_POSITIONS].shape[0],
     }
     got = {name: getattr(hf_config, name, None) for name in wanted}
