@@ -1,11 +1,8 @@
 """Zero-shot evaluation of a labelled image folder: accuracy, per-class scores, AUROC.
 
-:func:`evaluate_folder` reads torchvision's *ImageFolder* layout, one sub-folder per class
-(``root/pneumonia/img001.png``, ``root/normal/...``), matches each folder to a class of a
-zero-shot classifier, embeds the images with ``model.encode_images`` (the one image
-pipeline) and scores the predictions with scikit-learn.
-:func:`mmkd_utils.plotting.plot_confusion_matrix` draws the ``confusion`` table.
-Introduced in ``notebooks/03_zero_shot_by_modality.ipynb``.
+:func:`evaluate_folder` reads torchvision's *ImageFolder* layout (``root/pneumonia/img1.png``,
+``root/normal/...``), matches each folder to a class, embeds the images with
+``model.encode_images`` and scores the predictions with scikit-learn. Used in notebook 03.
 """
 
 from __future__ import annotations
@@ -22,15 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn import metrics
-from torchvision.datasets.folder import find_classes, has_file_allowed_extension
 
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
-from mmkd_utils.images.pipeline import DEFAULT_BATCH_SIZE, check_batch_size
 from mmkd_utils.model.classifier import ZeroShotClassifier
+from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES
 
-#: File name endings of the images :func:`mmkd_utils.images.medical.load_image` reads.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-IMAGE_SUFFIXES += (".dcm", ".dicom", ".nii", ".nii.gz")  # DICOM and NIfTI
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
 
@@ -88,11 +81,15 @@ class EvaluationResult:
 
 
 def _is_image(name: str) -> bool:
-    return not name.startswith(".") and has_file_allowed_extension(name, IMAGE_SUFFIXES)
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _loose_images(folder: Path) -> int:
+    return sum(_is_image(p.name) for p in folder.iterdir() if p.is_file())
 
 
 def find_class_folders(root: str | os.PathLike) -> list[Path]:
-    """The class sub-folders of ``root`` (torchvision's ``find_classes``), hidden ones left out.
+    """The class sub-folders of ``root``, sorted, hidden ones left out.
 
     Example:
         >>> (tmp / "normal").mkdir(), (tmp / ".cache").mkdir()
@@ -107,15 +104,11 @@ def find_class_folders(root: str | os.PathLike) -> list[Path]:
             f"The image folder {path} {problem}: pass the folder that holds one sub-folder per "
             f"class (a relative path starts from {Path.cwd()})."
         )
-    try:
-        names = [name for name in find_classes(path)[0] if not name.startswith(".")]
-    except FileNotFoundError:  # torchvision's "no class folder"
-        names = []
+    names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
     if not names:
-        loose = sum(_is_image(p.name) for p in path.iterdir() if p.is_file())
         raise EvaluationError(
-            f"{path} has no class sub-folders (it holds {loose} images directly): put the "
-            f"images of each class in a sub-folder named after it, e.g. {path / 'pneumonia'}."
+            f"{path} has no class sub-folders (it holds {_loose_images(path)} images directly): "
+            f"put the images of each class in a sub-folder named after it, e.g. {path / 'normal'}."
         )
     return [path / name for name in names]
 
@@ -134,6 +127,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(top).as_posix())
 
 
+def _key(name: str) -> str:
+    return " ".join(re.sub(r"[_\-]", " ", name).casefold().split())
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
 def match_folders(
     folder_names: Sequence[str],
     class_names: Sequence[str],
@@ -148,23 +149,23 @@ def match_folders(
     """
     classes, chosen = list(class_names), dict(folder_to_class or {})
     known = f"The sub-folders are {_quoted(folder_names)}, the classes {_quoted(classes)}."
-    not_folders = [k for k in chosen if k not in folder_names]
-    if not_folders:
-        raise EvaluationError(f"folder_to_class: {_quoted(not_folders)} not sub-folders. {known}")
-    not_classes = [v for v in chosen.values() if v is not None and v not in classes]
-    if not_classes:
-        raise EvaluationError(f"folder_to_class: {_quoted(not_classes)} not class names. {known}")
-    mapping, unmatched = {}, []
+    wrong = {
+        "sub-folders": [k for k in chosen if k not in folder_names],
+        "class names": [v for v in chosen.values() if v is not None and v not in classes],
+    }
+    for what, names in wrong.items():
+        if names:
+            raise EvaluationError(f"folder_to_class: {_quoted(names)} not {what}. {known}")
+    mapping = {}
     for folder in folder_names:
-        found = [chosen[folder]] if folder in chosen else [c for c in classes if c == folder]
+        found = [c for c in classes if c == folder]
         found = found or [c for c in classes if _key(c) == _key(folder)]
-        if len(found) > 1:
+        if len(found) > 1 and folder not in chosen:
             raise EvaluationError(
                 f"Folder {folder!r} matches {_quoted(found)}: use folder_to_class."
             )
-        if not found:
-            unmatched.append(folder)
-        mapping[folder] = found[0] if found else None
+        mapping[folder] = chosen[folder] if folder in chosen else (found or [None])[0]
+    unmatched = [f for f, c in mapping.items() if c is None and f not in chosen]
     if unmatched:
         hint = ", ".join(f"{f!r}: <class name or None>" for f in unmatched[:2])
         raise EvaluationError(
@@ -172,14 +173,6 @@ def match_folders(
             f"{known} Rename the folders or pass folder_to_class={{{hint}}}."
         )
     return mapping
-
-
-def _key(name: str) -> str:
-    return " ".join(re.sub(r"[_\-]", " ", name).casefold().split())
-
-
-def _quoted(names: Iterable[str]) -> str:
-    return ", ".join(repr(n) for n in names)
 
 
 def _classifier(model: Any, classes: Any, templates: Sequence[str] | None) -> ZeroShotClassifier:
@@ -196,22 +189,6 @@ def _classifier(model: Any, classes: Any, templates: Sequence[str] | None) -> Ze
         problem = f"classes {_quoted(clash)} clash with columns" if clash else "one class only"
         raise EvaluationError(f"{problem} of {classes!r}: pass two or more other classes.")
     return classes
-
-
-def _embed(model: Any, paths: list[Path], size: int, on_error: str) -> tuple[Any, list]:
-    """Embeddings of the readable ``paths`` and the failures ``(position, path, reason)``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedImagesWarning)
-        feats = model.encode_images(paths, batch_size=size, on_error=on_error)
-    failed = []
-    for warning in caught:  # the model's one SkippedImagesWarning lists the failures
-        if isinstance(warning.message, SkippedImagesWarning):
-            failed += warning.message.failures
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
-    return feats, failed
 
 
 def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[int]) -> dict:
@@ -232,17 +209,14 @@ def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[
         warnings.simplefilter("ignore")
         top = {k: metrics.top_k_accuracy_score(y, scores, k=k, labels=labels) for k in ks if k <= n}
         balanced = metrics.balanced_accuracy_score(y, pred)
-    auroc = math.nan if empty else metrics.roc_auc_score(y, scores, multi_class="ovr")
-    scores_per_class = metrics.precision_recall_fscore_support(
-        y, pred, labels=labels, zero_division=0
-    )
+    per_class = metrics.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     true, columns = pd.Index(names, name="true"), ("class", "precision", "recall", "f1", "support")
     return dict(
         accuracy=float(metrics.accuracy_score(y, pred)),
         balanced_accuracy=float(balanced),
         top_k_accuracy={k: float(v) for k, v in top.items()},
-        auroc_macro=float(auroc),
-        per_class=pd.DataFrame(dict(zip(columns, [names, *scores_per_class], strict=True))),
+        auroc_macro=math.nan if empty else metrics.roc_auc_score(y, scores, multi_class="ovr"),
+        per_class=pd.DataFrame(dict(zip(columns, [names, *per_class], strict=True))),
         confusion=pd.DataFrame(
             metrics.confusion_matrix(y, pred, labels=labels), true, true.rename("predicted")
         ),
@@ -279,7 +253,6 @@ def evaluate_folder(
     """
     if on_error not in ("raise", "skip"):
         raise ArgumentError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
-    size = check_batch_size(batch_size, getattr(model, "image_batch_size", DEFAULT_BATCH_SIZE))
     ks = list(top_k) if isinstance(top_k, Iterable) else [top_k]
     if not all(type(k) is int and k > 0 for k in ks):
         raise ArgumentError(f"top_k={top_k!r}: pass positive whole numbers, e.g. (1, 5).")
@@ -288,8 +261,7 @@ def evaluate_folder(
     names = clf.class_names
     mapping = match_folders([f.name for f in folders], names, folder_to_class)
     notes, paths, truth, skipped = [], [], [], []
-    loose = sum(_is_image(p.name) for p in folders[0].parent.iterdir() if p.is_file())
-    if loose:
+    if loose := _loose_images(folders[0].parent):
         notes.append(f"{loose} image(s) directly in {root} ignored: not in a class folder.")
     for folder in folders:
         if mapping[folder.name] is None:
@@ -305,13 +277,21 @@ def evaluate_folder(
         truth += [names.index(mapping[folder.name])] * len(images)
     if not paths:
         raise EvaluationError(f"No class folder under {root} holds image files: add some.")
-    feats, failed = _embed(model, paths, size, on_error)
+    with warnings.catch_warnings(record=True) as caught:  # to list the failures in skipped
+        warnings.simplefilter("always", SkippedImagesWarning)
+        feats = model.encode_images(paths, batch_size=batch_size, on_error=on_error)
+    failed = []
+    for w in caught:
+        if isinstance(w.message, SkippedImagesWarning):
+            failed += w.message.failures
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     left_out = skipped + failed
     if left_out:
-        lines = [f"  {path}: {reason}" for _, path, reason in left_out[:10]]
-        lines += [f"  ... and {len(left_out) - 10} more"] if len(left_out) > 10 else []
+        lines = [f"  {path}: {reason}" for _, path, reason in left_out]
         head = f"Skipped {len(failed)} unreadable image(s) and {len(skipped)} empty class folder(s)"
-        message = "\n".join([head + "; see result.skipped:", *lines])
+        more = [f"  ... and {len(lines) - 10} more"] if len(lines) > 10 else []
+        message = "\n".join([f"{head}; see result.skipped:", *lines[:10], *more])
         warnings.warn(SkippedImagesWarning(message, left_out), stacklevel=2)
     kept = sorted(set(range(len(paths))) - {i for i, _, _ in failed})
     probs = (model.logit_scale * feats @ clf.weights.T).softmax(dim=-1).double().numpy()
