@@ -86,17 +86,9 @@ class Task:
         """
         if class_name not in self.synonyms:
             hint = _did_you_mean(class_name, self.class_names)
-            classes = ", ".join(self.class_names)
-            raise PromptError(
-                f"{class_name!r} is not a class of {self.name!r}.{hint} Use one of: {classes}."
-            )
+            problem = f"{class_name!r} is not a class of {self.name!r}.{hint}"
+            raise PromptError(f"{problem} Use one of: {', '.join(self.class_names)}.")
         return list(class_prompts(self.synonyms[class_name], self.templates))
-
-
-def _error(path: str, problem: str, field: str | None = None, line: int | None = None) -> BankError:
-    """A BankError whose message starts with where: ``path, line N: field: problem``."""
-    at = (f", line {line}" if line else "") + (f": {field}" if field else "")
-    return BankError(f"{path}{at}: {problem}", path=path, field=field, line=line)
 
 
 def _unique_keys(node: yaml.Node | None, where: str, seen: set[int]) -> None:
@@ -124,7 +116,7 @@ def _parse_yaml(text: str, path: str) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         if mark is None:  # a character that YAML does not allow
-            raise _error(path, f"invalid YAML ({err}); remove that character.") from None
+            raise BankError(f"invalid YAML ({err}); remove that character.") from None
         problem = getattr(err, "problem", None) or getattr(err, "context", None)
         shown = (re.split("\r\n|[\n\r\x85\u2028\u2029]", text)[mark.line :] or [""])[0].strip()
         hint = ' Quote templates that contain {}, e.g. - "{} on a chest X-ray."' * ("{" in shown)
@@ -132,7 +124,7 @@ def _parse_yaml(text: str, path: str) -> Any:
         message = f"{path}, {where}: invalid YAML ({problem}): {shown!r}.{hint}"
         raise BankError(message, path=path, line=mark.line + 1) from None
     except RecursionError:
-        raise _error(path, "invalid YAML (nested too deeply); flatten it.") from None
+        raise BankError("invalid YAML (nested too deeply); flatten it.") from None
 
 
 def _fail(where: str, problem: str) -> BankError:
@@ -232,11 +224,10 @@ _TASK = {
 
 def _fields(data: Any, spec: dict, where: str) -> dict[str, Any]:
     """The mapping ``data`` with each value checked by ``spec``; None for an absent optional."""
-    if data is None and not where:
-        raise _fail("top level", "the file is empty; see mmkd_utils.prompts.banks for the format.")
     if not isinstance(data, dict):
+        found = "nothing: the file is empty" if data is None and not where else _describe(data)
         must = f"{where or 'the top level'} must be a mapping of {', '.join(spec)}"
-        raise _fail(where or "top level", f"{must}, not {_describe(data)}.")
+        raise _fail(where or "top level", f"{must}, not {found}.")
     here = {key: f"{where}.{key}" if where else str(key) for key in [*spec, *data]}
     for key in data:
         if key not in spec:
@@ -255,7 +246,9 @@ def _read_bank(text: str, path: str) -> SimpleNamespace:
     except BankError as err:
         if err.path:  # a YAML syntax error already says where
             raise
-        raise _error(path, str(err), err.field, err.line) from None
+        at = (f", line {err.line}" if err.line else "") + (f": {err.field}" if err.field else "")
+        message = f"{path}{at}: {err}"
+        raise BankError(message, path=path, field=err.field, line=err.line) from None
     tasks = [
         Task(
             name=f"{bank['modality_id']}/{task_id}",

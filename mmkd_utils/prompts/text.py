@@ -1,8 +1,5 @@
-"""Prompt text: prompt lists, classes with their synonyms, and templates.
-
-A class is described by its name and synonyms, each put into every template (``{}``
-marks where the name goes); :mod:`mmkd_utils.model.classifier` averages their embeddings.
-"""
+"""Prompt text: prompt lists, classes with their synonyms, and templates (``{}`` marks where
+a class name goes); :mod:`mmkd_utils.model.classifier` averages the embeddings of a class."""
 
 from __future__ import annotations
 
@@ -48,10 +45,8 @@ def normalize_classes(
         {'edema': ('edema', 'pulmonary edema'), 'normal': ('normal',)}
     """
     if isinstance(classes, str):
-        raise PromptError(
-            f"classes={classes!r} is one string; pass a list of class names, a mapping "
-            "{class: [synonyms]}, or a task name to model.classifier(...)."
-        )
+        how = "a list of class names, a mapping {class: [synonyms]} or a task name"
+        raise PromptError(f"classes={classes!r} is one string; pass {how}.")
     if isinstance(classes, Mapping):
         items = list(classes.items())
     else:
@@ -77,10 +72,8 @@ def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
     items = ["{}"] if templates is None else check_prompts(templates, name="templates")
     for i, template in enumerate(items):
         if template.count("{}") != 1:
-            raise PromptError(
-                f"templates[{i}] = {template!r} must contain '{{}}' exactly once, where the "
-                "class name goes: use e.g. 'A chest X-ray showing {}.'"
-            )
+            where = "where the class name goes, e.g. 'A chest X-ray showing {}.'"
+            raise PromptError(f"templates[{i}] = {template!r}: put '{{}}' exactly once, {where}")
     return tuple(items)
 
 

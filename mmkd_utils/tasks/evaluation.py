@@ -1,8 +1,5 @@
-"""Zero-shot evaluation of a labelled image folder: accuracy, per-class scores, AUROC.
-
-:func:`evaluate_folder` reads torchvision's *ImageFolder* layout (``root/pneumonia/img1.png``,
-``root/normal/...``), matches each folder to a class, embeds the images with
-``model.encode_images`` and scores the predictions with scikit-learn. Used in notebook 03.
+"""Zero-shot evaluation of an image folder with one sub-folder per class (torchvision's
+*ImageFolder* layout): accuracy, per-class scores, AUROC by scikit-learn. Notebook 03.
 """
 
 from __future__ import annotations
@@ -72,9 +69,8 @@ class EvaluationResult:
         parts += [f"top-{k} {v:.3f}" for k, v in self.top_k_accuracy.items()]
         parts += ["AUROC n/a" if math.isnan(self.auroc_macro) else f"AUROC {self.auroc_macro:.3f}"]
         skipped = f" ({len(self.skipped)} skipped)" if len(self.skipped) else ""
-        return (
-            f"{self.n_images} images, {len(self.class_names)} classes: {', '.join(parts)}{skipped}"
-        )
+        head = f"{self.n_images} images, {len(self.class_names)} classes"
+        return f"{head}: {', '.join(parts)}{skipped}"
 
     def __repr__(self) -> str:
         return f"EvaluationResult({self.summary()})"
@@ -100,16 +96,11 @@ def find_class_folders(root: str | os.PathLike) -> list[Path]:
     path = Path(root).expanduser()
     if not path.is_dir():
         problem = "is a file, not a folder" if path.exists() else "does not exist"
-        raise EvaluationError(
-            f"The image folder {path} {problem}: pass the folder that holds one sub-folder per "
-            f"class (a relative path starts from {Path.cwd()})."
-        )
+        raise EvaluationError(f"The image folder {path} {problem}: check the path.")
     names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
     if not names:
-        raise EvaluationError(
-            f"{path} has no class sub-folders (it holds {_loose_images(path)} images directly): "
-            f"put the images of each class in a sub-folder named after it, e.g. {path / 'normal'}."
-        )
+        loose = f"it holds {_loose_images(path)} images directly"
+        raise EvaluationError(f"{path} has no class sub-folders ({loose}): put each class in one.")
     return [path / name for name in names]
 
 
@@ -158,37 +149,16 @@ def match_folders(
             raise EvaluationError(f"folder_to_class: {_quoted(names)} not {what}. {known}")
     mapping = {}
     for folder in folder_names:
-        found = [c for c in classes if c == folder]
-        found = found or [c for c in classes if _key(c) == _key(folder)]
-        if len(found) > 1 and folder not in chosen:
-            raise EvaluationError(
-                f"Folder {folder!r} matches {_quoted(found)}: use folder_to_class."
-            )
-        mapping[folder] = chosen[folder] if folder in chosen else (found or [None])[0]
-    unmatched = [f for f, c in mapping.items() if c is None and f not in chosen]
-    if unmatched:
-        hint = ", ".join(f"{f!r}: <class name or None>" for f in unmatched[:2])
+        found = [chosen[folder]] if folder in chosen else [c for c in classes if c == folder]
+        mapping[folder] = found or [c for c in classes if _key(c) == _key(folder)]
+    unclear = [folder for folder, found in mapping.items() if len(found) != 1]
+    if unclear:
+        hint = ", ".join(f"{f!r}: <class name or None>" for f in unclear[:2])
         raise EvaluationError(
-            f"Folder(s) {_quoted(unmatched)} match no class (even ignoring case, '_' and '-'). "
+            f"Folder(s) {_quoted(unclear)} match no class or several (ignoring case, '_', '-'). "
             f"{known} Rename the folders or pass folder_to_class={{{hint}}}."
         )
-    return mapping
-
-
-def _classifier(model: Any, classes: Any, templates: Sequence[str] | None) -> ZeroShotClassifier:
-    """``classes`` as a classifier of ``model`` with two or more classes."""
-    if not isinstance(classes, ZeroShotClassifier):
-        classes = model.classifier(classes, templates)
-    elif templates is not None:
-        raise PromptError("templates do not apply to a ready classifier: pass the class names.")
-    if classes.weights.shape[1] != model.embed_dim:
-        dim = classes.weights.shape[1]
-        raise PromptError(f"The classifier has {dim}-d weights: build it with this model.")
-    clash = set(classes.class_names) & set(PREDICTION_COLUMNS)
-    if len(classes) < 2 or clash:
-        problem = f"classes {_quoted(clash)} clash with columns" if clash else "one class only"
-        raise EvaluationError(f"{problem} of {classes!r}: pass two or more other classes.")
-    return classes
+    return {folder: found[0] for folder, found in mapping.items()}
 
 
 def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[int]) -> dict:
@@ -199,10 +169,7 @@ def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[
     empty = [c for c, count in zip(names, np.bincount(y, minlength=n), strict=True) if not count]
     notes = [f"top-{k} accuracy left out: there are only {n} classes." for k in ks if k > n]
     if ties:
-        notes.append(
-            f"{ties} image(s) have several classes tied for the highest probability: "
-            "'predicted' is the first, top-k accuracy ranks the last first."
-        )
+        notes.append(f"{ties} image(s) have several classes tied: 'predicted' is the first.")
     if empty:
         notes.append(f"AUROC is NaN: class(es) {_quoted(empty)} have no images (AUC undefined).")
     with warnings.catch_warnings():  # "k >= number of classes", "classes not in y_true"
@@ -237,11 +204,9 @@ def evaluate_folder(
 ) -> EvaluationResult:
     """Zero-shot classify every image under ``root`` (one sub-folder per class) and score it.
 
-    ``task_or_classes`` (a task name, class names, ``{class: [synonyms]}``) and ``templates``
-    go to ``model.classifier``, or it is a ready classifier. Folders are matched to classes
-    by :func:`match_folders`; images may be nested, hidden files are ignored. With
-    ``on_error="skip"``, unreadable images and empty class folders are left out (listed in
-    ``result.skipped``, one :class:`~mmkd_utils.errors.SkippedImagesWarning`), not raised.
+    ``task_or_classes`` and ``templates`` go to ``model.classifier`` (or it is a classifier);
+    folders are matched by :func:`match_folders`. ``on_error="skip"`` leaves out unreadable
+    images and empty class folders: see ``result.skipped`` and the SkippedImagesWarning.
 
     Example:
         >>> import shutil
@@ -251,14 +216,21 @@ def evaluate_folder(
         >>> list(result.predictions.columns)
         ['path', 'true', 'predicted', 'CT', 'MRI']
     """
-    if on_error not in ("raise", "skip"):
-        raise ArgumentError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
     ks = list(top_k) if isinstance(top_k, Iterable) else [top_k]
     if not all(type(k) is int and k > 0 for k in ks):
         raise ArgumentError(f"top_k={top_k!r}: pass positive whole numbers, e.g. (1, 5).")
-    folders = find_class_folders(root)
-    clf = _classifier(model, task_or_classes, templates)
-    names = clf.class_names
+    folders, clf = find_class_folders(root), task_or_classes
+    if not isinstance(clf, ZeroShotClassifier):
+        clf = model.classifier(clf, templates)
+    elif templates is not None:
+        raise PromptError("templates do not apply to a ready classifier: pass the class names.")
+    if clf.weights.shape[1] != model.embed_dim:
+        dim = clf.weights.shape[1]
+        raise PromptError(f"The classifier has {dim}-d weights: build it with this model.")
+    names, clash = clf.class_names, set(clf.class_names) & set(PREDICTION_COLUMNS)
+    if len(names) < 2 or clash:
+        problem = f"classes {_quoted(clash)} clash with columns" if clash else "one class only"
+        raise EvaluationError(f"{problem} of {clf!r}: pass two or more other classes.")
     mapping = match_folders([f.name for f in folders], names, folder_to_class)
     notes, paths, truth, skipped = [], [], [], []
     if loose := _loose_images(folders[0].parent):
