@@ -1,17 +1,11 @@
-"""Prompt banks: zero-shot tasks per imaging modality, one YAML file each beside this module::
+"""Prompt banks: zero-shot tasks per imaging modality, one YAML file each beside this module.
 
-    modality: chest X-ray                 # display name
-    modality_id: chest_xray               # lowercase letters, digits and _
-    description: radiograph of the chest  # a few words, used by the modality task
-    identification: {names: [chest radiograph]}  # optional: other names of the modality
-    tasks:
-      chexpert_5x200:                     # full name: chest_xray/chexpert_5x200
-        source: CheXpert 5x200            # optional, as are description and notes
-        classes: {edema: [pulmonary edema], atelectasis: []}  # or a plain list of classes
-        templates: ["A chest X-ray showing {}."]  # quoted, {} once where the name goes
-
-The task ``"modality"`` has one class per bank, its synonyms ``identification.names`` and
-``description``, and the templates :data:`MODALITY_TEMPLATES`.
+A bank (``chest_xray.yaml`` is a full example) has ``modality`` (a display name),
+``modality_id`` (lowercase letters, digits and _), ``description``, optionally
+``identification: {names: [other names]}``, and ``tasks: {task id: task}``. A task has
+``classes`` (``{class: [synonyms]}`` or a list), ``templates`` (quoted, with ``{}`` once)
+and optionally ``description``, ``source`` and ``notes``. The task ``"modality"`` has one
+class per bank, with ``identification.names`` and ``description`` as synonyms.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import functools
 import importlib.resources
 import os
 import re
-import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -131,15 +124,11 @@ def _fail(where: str, problem: str) -> BankError:
     return BankError(problem, field=where)  # the file is added by _read_bank
 
 
-def _describe(value: Any) -> str:
-    return f"{type(value).__name__} ({reprlib.repr(value)})"
-
-
 def _not_text(value: Any) -> str:
     if value == {}:  # an unquoted {} is an empty mapping
         return 'a template with {} must be quoted: "{} ...".'
     quote = "" if isinstance(value, (list, dict)) else "; quote it in the YAML file"
-    return f"expected text, found {_describe(value)}{quote}."
+    return f"expected text, found {type(value).__name__}{quote}."
 
 
 def _text(value: Any, where: str, pattern: re.Pattern | None = None) -> str:
@@ -157,7 +146,7 @@ def _text(value: Any, where: str, pattern: re.Pattern | None = None) -> str:
 
 def _list(value: Any, where: str, what: str = "text") -> list:
     if value is not None and not isinstance(value, list):
-        raise _fail(where, f"expected a list of {what}, found {_describe(value)}.")
+        raise _fail(where, f"expected a list of {what}, found {type(value).__name__}.")
     return value or []
 
 
@@ -195,7 +184,7 @@ def _templates(value: Any, where: str) -> tuple[str, ...]:
 
 def _tasks(value: Any, where: str) -> dict[str, dict]:
     if not isinstance(value, dict) or not value:
-        raise _fail(where, f"expected a mapping {{task id: task}}, found {_describe(value)}.")
+        raise _fail(where, f"expected a mapping {{task id: task}}, found {type(value).__name__}.")
     return {
         _text(k, f"{where}.{k}", _ID): _fields(v, _TASK, f"{where}.{k}") for k, v in value.items()
     }
@@ -225,7 +214,7 @@ _TASK = {
 def _fields(data: Any, spec: dict, where: str) -> dict[str, Any]:
     """The mapping ``data`` with each value checked by ``spec``; None for an absent optional."""
     if not isinstance(data, dict):
-        found = "nothing: the file is empty" if data is None and not where else _describe(data)
+        found = "nothing: the file is empty" if data is None and not where else type(data).__name__
         must = f"{where or 'the top level'} must be a mapping of {', '.join(spec)}"
         raise _fail(where or "top level", f"{must}, not {found}.")
     here = {key: f"{where}.{key}" if where else str(key) for key in [*spec, *data]}
