@@ -47,19 +47,12 @@ def normalize_classes(
     if isinstance(classes, str):
         how = "a list of class names, a mapping {class: [synonyms]} or a task name"
         raise PromptError(f"classes={classes!r} is one string; pass {how}.")
-    if isinstance(classes, Mapping):
-        items = list(classes.items())
-    else:
-        items = [(name, []) for name in check_prompts(list(classes), name="class_names")]
-    out: dict[str, tuple[str, ...]] = {}
-    for name, synonyms in items:
-        names = check_prompts([name, *(synonyms or [])], name=f"class {name!r}")
-        if name in out:
-            raise PromptError(f"class name {name!r} appears twice; remove one of them.")
-        out[name] = tuple(dict.fromkeys(names))  # the name first, duplicates dropped
-    if not out:
-        raise PromptError("no classes given: pass at least one class name.")
-    return out
+    names = check_prompts(classes, name="class_names")  # of a mapping: its keys
+    if len(set(names)) < len(names):
+        raise PromptError(f"a class name appears twice in {names!r}; remove one of them.")
+    synonyms = classes if isinstance(classes, Mapping) else {}
+    out = {n: check_prompts([n, *(synonyms.get(n) or [])], name=f"class {n!r}") for n in names}
+    return {n: tuple(dict.fromkeys(all_names)) for n, all_names in out.items()}  # no duplicates
 
 
 def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
