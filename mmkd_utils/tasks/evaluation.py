@@ -243,12 +243,12 @@ def evaluate_folder(
         if not images:
             reason = f"class folder {folder.name!r} holds no image files"
             if on_error == "raise":
-                raise EvaluationError(f"The {reason}: add some, or pass on_error='skip'.")
+                raise EvaluationError(f"The {reason}: put images in it, or pass on_error='skip'.")
             skipped.append((-1, str(folder), reason))
         paths += images
         truth += [names.index(mapping[folder.name])] * len(images)
     if not paths:
-        raise EvaluationError(f"No class folder under {root} holds image files: add some.")
+        raise EvaluationError(f"No class folder under {root} holds images: put some in them.")
     with warnings.catch_warnings(record=True) as caught:  # to list the failures in skipped
         warnings.simplefilter("always", SkippedImagesWarning)
         feats = model.encode_images(paths, batch_size=batch_size, on_error=on_error)
