@@ -88,8 +88,7 @@ def find_class_folders(root: str | os.PathLike) -> list[Path]:
     """The class sub-folders of ``root``, sorted, hidden ones left out.
 
     Example:
-        >>> (tmp / "normal").mkdir(), (tmp / ".cache").mkdir()
-        (None, None)
+        >>> _ = (tmp / "normal").mkdir(), (tmp / ".cache").mkdir()
         >>> [folder.name for folder in find_class_folders(tmp)]
         ['normal']
     """
@@ -260,10 +259,9 @@ def evaluate_folder(
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     left_out = skipped + failed
     if left_out:
-        lines = [f"  {path}: {reason}" for _, path, reason in left_out]
+        lines = [f"  {path}: {reason}" for _, path, reason in left_out[:10]]
         head = f"Skipped {len(failed)} unreadable image(s) and {len(skipped)} empty class folder(s)"
-        more = [f"  ... and {len(lines) - 10} more"] if len(lines) > 10 else []
-        message = "\n".join([f"{head}; see result.skipped:", *lines[:10], *more])
+        message = "\n".join([f"{head}; see result.skipped (the first 10 here):", *lines])
         warnings.warn(SkippedImagesWarning(message, left_out), stacklevel=2)
     kept = sorted(set(range(len(paths))) - {i for i, _, _ in failed})
     probs = (model.logit_scale * feats @ clf.weights.T).softmax(dim=-1).double().numpy()
