@@ -1,10 +1,5 @@
 """Prompts: checking prompt text (:mod:`~mmkd_utils.prompts.text`, from notebook 01) and the
 banks of zero-shot tasks per imaging modality (:mod:`~mmkd_utils.prompts.banks`, notebook 03).
-
-Example:
-    >>> from mmkd_utils.prompts import check_prompts, get_task
-    >>> check_prompts("A chest X-ray."), get_task("chexpert_5x200").name
-    (['A chest X-ray.'], 'chest_xray/chexpert_5x200')
 """
 
 from mmkd_utils.errors import BankError

@@ -1,23 +1,11 @@
 """Prompt banks: zero-shot tasks per imaging modality, one YAML file each beside this module.
 
-A bank (``chest_xray.yaml``, ``fundus.yaml``, ...) looks like this::
-
-    modality: chest X-ray                 # display name
-    modality_id: chest_xray               # lowercase letters, digits and _
-    description: radiograph of the chest  # a few words, used by the modality task
-    identification: {names: [chest radiograph]}  # optional: other names of the modality
-    tasks:
-      chexpert_5x200:                     # full name: chest_xray/chexpert_5x200
-        source: CheXpert 5x200            # optional, as are description and notes
-        classes:                          # class: [synonyms], or a plain list of classes
-          atelectasis: [lung collapse]
-          pleural effusion: []
-        templates: ["A chest X-ray showing {}."]  # quoted, {} once where the name goes
-
-A problem raises :class:`BankError` naming the file, the field and (for YAML syntax or
-a repeated key) the line. The built-in banks are read once, at first use. The task
-``"modality"`` has one class per bank: its ``modality``, with ``identification.names``
-and ``description`` as synonyms, and the templates :data:`MODALITY_TEMPLATES`.
+A bank (``chest_xray.yaml`` is a full example) has ``modality`` (a display name),
+``modality_id`` (lowercase letters, digits and _), ``description``, optionally
+``identification: {names: [other names]}``, and ``tasks: {task id: task}``. A task has
+``classes`` (``{class: [synonyms]}`` or a list), ``templates`` (quoted, with ``{}`` once)
+and optionally ``description``, ``source`` and ``notes``. The task ``"modality"`` has one
+class per bank, with ``identification.names`` and ``description`` as synonyms.
 """
 
 from __future__ import annotations
@@ -27,6 +15,7 @@ import functools
 import importlib.resources
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,8 +37,14 @@ MODALITY_TEMPLATES = (
     "{}.",
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9_]*\Z")
-_BANK_KEYS = ("modality!", "modality_id!", "description!", "identification", "tasks!")
-_TASK_KEYS = ("description", "source", "notes", "classes!", "templates!")
+
+
+def _did_you_mean(word: Any, names: Iterable[str]) -> str:
+    """`` Did you mean ...?`` with the names that contain ``word`` or are close to it, or ``""``."""
+    names, key = list(names), str(word).strip().casefold()
+    close = [name for name in names if key and key in name.casefold()]
+    close = list(dict.fromkeys(close + difflib.get_close_matches(key, names, cutoff=0.5)))
+    return f" Did you mean {' or '.join(map(repr, close[:5]))}?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -83,194 +78,178 @@ class Task:
             'Chest X-ray: pneumonia.'
         """
         if class_name not in self.synonyms:
-            hint = _hint(class_name, self.class_names)
-            raise PromptError(
-                f"{class_name!r} is not a class of {self.name!r}.{hint} Its classes: "
-                f"{', '.join(self.class_names)}."
-            )
+            hint = _did_you_mean(class_name, self.class_names)
+            problem = f"{class_name!r} is not a class of {self.name!r}.{hint}"
+            raise PromptError(f"{problem} Use one of: {', '.join(self.class_names)}.")
         return list(class_prompts(self.synonyms[class_name], self.templates))
 
 
-# -- reading and checking one bank ------------------------------------------------------
-
-
-def _or_list(names: list[str]) -> str:
-    quoted = [repr(n) for n in names]
-    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
-
-
-def _hint(word: Any, names: Any, cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(str(word), list(names), n=3, cutoff=cutoff)
-    return f" Did you mean {_or_list(close)}?" if close else ""
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} ({text if len(text) <= 60 else text[:57] + '...'})"
-
-
-def _fail(where: str, problem: str, line: int | None = None) -> BankError:
-    """A problem at ``where`` (a field such as ``tasks.t.classes``); the file is added later."""
-    return BankError(problem, field=where or None, line=line)
-
-
 def _unique_keys(node: yaml.Node | None, where: str, seen: set[int]) -> None:
-    """Refuse a key written twice in one mapping (``yaml.safe_load`` would keep the last)."""
+    """Refuse a key written twice in a mapping (``yaml.safe_load`` keeps the last one)."""
     if id(node) in seen:  # an alias seen before (this also stops recursive aliases)
         return
     seen.add(id(node))
-    for i, item in enumerate(node.value) if isinstance(node, yaml.SequenceNode) else []:
-        _unique_keys(item, f"{where}[{i}]", seen)
     lines: dict[tuple[str, str], int] = {}
     for key, value in node.value if isinstance(node, yaml.MappingNode) else []:
         if isinstance(key, yaml.ScalarNode) and not key.tag.endswith(":merge"):
             here, line = f"{where}.{key.value}" if where else key.value, key.start_mark.line + 1
             if (key.tag, key.value) in lines:
-                also = f"also on line {lines[key.tag, key.value]}"
-                raise _fail(here, f"the key {key.value!r} appears twice ({also}).", line)
+                twice = f"also on line {lines[key.tag, key.value]}"
+                problem = f"the key {key.value!r} appears twice ({twice}); remove one."
+                raise BankError(problem, field=here, line=line)
             lines[key.tag, key.value] = line
             _unique_keys(value, here, seen)
 
 
-def _parse_yaml(text: str) -> Any:
-    """``text`` read as ``yaml.safe_load`` does; a syntax error says on which line."""
-    loader = None
+def _parse_yaml(text: str, path: str) -> Any:
+    """``text`` read by ``yaml.safe_load``; a syntax error says on which line and column."""
     try:
-        loader = yaml.SafeLoader(text)
-        node = loader.get_single_node()
-        _unique_keys(node, "", set())
-        return None if node is None else loader.construct_document(node)
+        _unique_keys(yaml.compose(text, yaml.SafeLoader), "", set())
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         if mark is None:  # a character that YAML does not allow
-            raise _fail("", f"invalid YAML ({err}).") from None
-        problem = getattr(err, "problem", None) or getattr(err, "context", None) or "error"
-        shown = re.split("\r\n|[\n\r\x85\u2028\u2029]", text)[mark.line :][:1]  # YAML's breaks
-        if "{" in str(shown):
-            problem += '; quote templates with {}, e.g. - "{} on a chest X-ray."'
-        line, problem = mark.line + 1, f"invalid YAML (column {mark.column + 1}: {problem})."
-        raise _fail("", problem, line) from None
+            raise BankError(f"invalid YAML ({err}); remove that character.") from None
+        problem = getattr(err, "problem", None) or getattr(err, "context", None)
+        shown = (re.split("\r\n|[\n\r\x85\u2028\u2029]", text)[mark.line :] or [""])[0].strip()
+        hint = ' Quote templates that contain {}, e.g. - "{} on a chest X-ray."' * ("{" in shown)
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        message = f"{path}, {where}: invalid YAML ({problem}): {shown!r}.{hint}"
+        raise BankError(message, path=path, line=mark.line + 1) from None
     except RecursionError:
-        raise _fail("", "invalid YAML (nested too deeply).") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+        raise BankError("invalid YAML (nested too deeply); flatten it.") from None
 
 
-def _mapping(data: Any, keys: tuple[str, ...], where: str) -> dict:
-    """``data`` as a mapping with only ``keys`` (those ending in ``!`` required)."""
-    allowed, label = [k.rstrip("!") for k in keys], where or "the top level"
-    if not isinstance(data, dict):
-        must = f"{label} must be a mapping of {', '.join(allowed)}"
-        raise _fail(where or "top level", f"{must}, not {_describe(data)}.")
-    for key in data:
-        if key not in allowed:
-            hint = f"{_hint(key, allowed)} Allowed: {', '.join(allowed)}."
-            raise _fail(f"{where}.{key}" if where else str(key), f"unknown key {key!r}.{hint}")
-    for key in (k[:-1] for k in keys if k.endswith("!")):
-        if data.get(key) is None:
-            missing = f"the required field {key!r} is missing or empty in {label}."
-            raise _fail(f"{where}.{key}" if where else key, missing)
-    return data
+def _fail(where: str, problem: str) -> BankError:
+    return BankError(problem, field=where)  # the file is added by _read_bank
+
+
+def _not_text(value: Any) -> str:
+    if value == {}:  # an unquoted {} is an empty mapping
+        return 'a template with {} must be quoted: "{} ...".'
+    quote = "" if isinstance(value, (list, dict)) else "; quote it in the YAML file"
+    return f"expected text, found {type(value).__name__}{quote}."
 
 
 def _text(value: Any, where: str, pattern: re.Pattern | None = None) -> str:
     """A non-blank string without spaces at either end (matching ``pattern``, if given)."""
     if not isinstance(value, str):
-        quote = "" if isinstance(value, (list, dict)) else "; quote it in the YAML file"
-        raise _fail(where, f"expected text, found {_describe(value)}{quote}.")
+        raise _fail(where, _not_text(value))
     if not value.strip():
-        raise _fail(where, "is empty or only whitespace.")
+        raise _fail(where, "is empty or only whitespace; write some text or remove it.")
     if value != value.strip():
         raise _fail(where, f"{value!r} has spaces at an end; remove them.")
     if pattern and not pattern.match(value):
-        raise _fail(where, f"{value!r} must be lowercase letters, digits and _.")
+        raise _fail(where, f"{value!r} must be lowercase letters, digits and _; rename it.")
     return value
 
 
-def _texts(value: Any, where: str) -> list[str]:
+def _list(value: Any, where: str, what: str = "text") -> list:
     if value is not None and not isinstance(value, list):
-        raise _fail(where, f"expected a list of text, found {_describe(value)}.")
-    return [_text(item, f"{where}[{i}]") for i, item in enumerate(value or [])]
+        raise _fail(where, f"expected a list of {what}, found {type(value).__name__}.")
+    return value or []
+
+
+def _texts(value: Any, where: str) -> list[str]:
+    return [_text(item, f"{where}[{i}]") for i, item in enumerate(_list(value, where))]
 
 
 def _classes(value: Any, where: str) -> dict[str, tuple[str, ...]]:
-    if isinstance(value, list):
-        items = [(f"{where}[{i}]", name, None) for i, name in enumerate(value)]
-    elif isinstance(value, dict):
+    if isinstance(value, dict):
         items = [(f"{where}.{name}", name, synonyms) for name, synonyms in value.items()]
     else:
-        expected = "a mapping {class name: [synonyms]} or a list of class names"
-        raise _fail(where, f"expected {expected}, found {_describe(value)}.")
+        names = _list(value, where, "class names or a mapping {class: [synonyms]}")
+        items = [(f"{where}[{i}]", name, None) for i, name in enumerate(names)]
     seen: dict[str, tuple[str, list[str]]] = {}
     for here, name, synonyms in items:
         name = _text(name, here)
         if name.casefold() in seen:
             first = seen[name.casefold()][0]
-            raise _fail(here, f"duplicate class name {name!r} (same as {first!r}).")
+            raise _fail(here, f"duplicate class name {name!r} (same as {first!r}); remove one.")
         seen[name.casefold()] = (name, _texts(synonyms, here))
     if len(seen) < 2:
-        raise _fail(where, f"a task needs at least 2 classes, found {len(seen)}.")
+        raise _fail(where, f"a task needs at least 2 classes, found {len(seen)}; add some.")
     return normalize_classes(dict(seen.values()))
 
 
 def _templates(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _fail(where, f"expected a list of templates, found {_describe(value)}.")
-    for i, item in enumerate(value):
-        if item == {}:  # an unquoted {} is an empty mapping
-            raise _fail(f"{where}[{i}]", 'a template with {} must be quoted: "{} ...".')
+    for i, item in enumerate(_list(value, where, "templates")):
         if not isinstance(item, str):
-            raise _fail(f"{where}[{i}]", f"expected text, found {_describe(item)}.")
+            raise _fail(f"{where}[{i}]", _not_text(item))
     try:
         return check_templates(value)
     except PromptError as err:
         raise _fail(where, str(err)) from None
 
 
-def _check_bank(data: Any) -> SimpleNamespace:
-    """The parsed YAML of one bank, checked: its fields, ``names`` and ``tasks``."""
-    if data is None:
-        raise _fail("top level", "the file is empty; see mmkd_utils.prompts.banks.")
-    data = _mapping(data, _BANK_KEYS, "")
-    bank = SimpleNamespace(modality=_text(data["modality"], "modality"), tasks=[])
-    bank.modality_id = _text(data["modality_id"], "modality_id", _ID)
-    bank.description = _text(data["description"], "description")
-    ident = data.get("identification")
-    ident = {} if ident is None else _mapping(ident, ("names",), "identification")
-    bank.names = _texts(ident.get("names"), "identification.names")
-    tasks = data["tasks"]
-    if not isinstance(tasks, dict) or not tasks:
-        raise _fail("tasks", f"expected a mapping {{task id: task}}, found {_describe(tasks)}.")
-    for task_id, spec in tasks.items():
-        where = f"tasks.{task_id}"
-        task_id = _text(task_id, where, _ID)
-        spec = _mapping(spec, _TASK_KEYS, where)
-        optional = [k for k in _TASK_KEYS if spec.get(k) is not None and not k.endswith("!")]
-        texts = {k: _text(spec[k], f"{where}.{k}") for k in optional}
-        synonyms = _classes(spec["classes"], f"{where}.classes")
-        task = Task(
-            name=f"{bank.modality_id}/{task_id}",
-            modality=bank.modality,
-            modality_id=bank.modality_id,
-            description=texts.get("description", ""),
-            source=texts.get("source", ""),
-            class_names=tuple(synonyms),
-            synonyms=synonyms,
-            templates=_templates(spec["templates"], f"{where}.templates"),
-            notes=texts.get("notes", ""),
-        )
-        bank.tasks.append(task)
-    return bank
+def _tasks(value: Any, where: str) -> dict[str, dict]:
+    if not isinstance(value, dict) or not value:
+        raise _fail(where, f"expected a mapping {{task id: task}}, found {type(value).__name__}.")
+    return {
+        _text(k, f"{where}.{k}", _ID): _fields(v, _TASK, f"{where}.{k}") for k, v in value.items()
+    }
+
+
+def _names(value: Any, where: str) -> list[str]:
+    return _fields(value, {"names": (False, _texts)}, where)["names"]
+
+
+#: The fields of a bank and of a task: ``{key: (required, check(value, where))}``.
+_BANK = {
+    "modality": (True, _text),
+    "modality_id": (True, functools.partial(_text, pattern=_ID)),
+    "description": (True, _text),
+    "identification": (False, _names),
+    "tasks": (True, _tasks),
+}
+_TASK = {
+    "description": (False, _text),
+    "source": (False, _text),
+    "notes": (False, _text),
+    "classes": (True, _classes),
+    "templates": (True, _templates),
+}
+
+
+def _fields(data: Any, spec: dict, where: str) -> dict[str, Any]:
+    """The mapping ``data`` with each value checked by ``spec``; None for an absent optional."""
+    if not isinstance(data, dict):
+        found = "nothing: the file is empty" if data is None and not where else type(data).__name__
+        must = f"{where or 'the top level'} must be a mapping of {', '.join(spec)}"
+        raise _fail(where or "top level", f"{must}, not {found}.")
+    here = {key: f"{where}.{key}" if where else str(key) for key in [*spec, *data]}
+    for key in data:
+        if key not in spec:
+            hint = f"{_did_you_mean(key, list(spec))} Use one of: {', '.join(spec)}."
+            raise _fail(here[key], f"unknown key {key!r}.{hint}")
+    for key, (required, _) in spec.items():
+        if required and data.get(key) is None:
+            raise _fail(here[key], f"the required field {key!r} is missing or empty; add it.")
+    return {k: None if data.get(k) is None else f(data[k], here[k]) for k, (_, f) in spec.items()}
 
 
 def _read_bank(text: str, path: str) -> SimpleNamespace:
-    """The checked bank in the YAML ``text``; an error names the file ``path``."""
+    """The checked bank in the YAML ``text``: its fields, ``names`` and ``tasks``."""
     try:
-        return _check_bank(_parse_yaml(text))
+        bank = _fields(_parse_yaml(text, path), _BANK, "")
     except BankError as err:
+        if err.path:  # a YAML syntax error already says where
+            raise
         at = (f", line {err.line}" if err.line else "") + (f": {err.field}" if err.field else "")
-        raise BankError(f"{path}{at}: {err}", path=path, field=err.field, line=err.line) from None
+        message = f"{path}{at}: {err}"
+        raise BankError(message, path=path, field=err.field, line=err.line) from None
+    tasks = [
+        Task(
+            name=f"{bank['modality_id']}/{task_id}",
+            modality=bank["modality"],
+            modality_id=bank["modality_id"],
+            class_names=tuple(spec["classes"]),
+            synonyms=spec.pop("classes"),
+            **{key: value or "" for key, value in spec.items()},  # texts and templates
+        )
+        for task_id, spec in bank.pop("tasks").items()
+    ]
+    return SimpleNamespace(**bank, names=bank["identification"] or [], tasks=tasks)
 
 
 def load_bank(path: str | os.PathLike) -> list[Task]:
@@ -283,18 +262,14 @@ def load_bank(path: str | os.PathLike) -> list[Task]:
         [Task('mine/t', 2 classes, 1 templates)]
     """
     file = Path(path).expanduser()
-    if not file.is_file():
-        folder = " (it is a folder)" if file.is_dir() else ""
-        raise BankError(f"{file}: no such prompt bank file{folder}.", path=str(file))
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        problem = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else "unreadable"
-        raise BankError(f"{file}: {problem} ({err}).", path=str(file)) from None
+        problems = {FileNotFoundError: "no such prompt bank file", UnicodeDecodeError: "not UTF-8"}
+        problem = problems.get(type(err), "it is a folder" if file.is_dir() else "unreadable")
+        message = f"{file}: {problem} ({err}); check the path, and save the file as UTF-8 text."
+        raise BankError(message, path=str(file)) from None
     return _read_bank(text, str(file)).tasks
-
-
-# -- the built-in banks -----------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=1)
@@ -343,13 +318,12 @@ def list_tasks(modality: str | None = None) -> list[str]:
     """
     if modality is None:
         return list(_task_index())
-    banks = _builtin_banks()
-    for bank in banks:
-        if str(modality).strip().casefold() in (bank.modality_id, bank.modality.casefold()):
+    key = str(modality).strip().casefold()
+    for bank in _builtin_banks():
+        if key in (bank.modality_id, bank.modality.casefold()):
             return [task.name for task in bank.tasks]
-    ids = [b.modality_id for b in banks]
-    hint = _hint(modality, ids + [b.modality for b in banks], cutoff=0.5)
-    raise PromptError(f"Unknown modality {modality!r}.{hint} Known modalities: {', '.join(ids)}.")
+    hint, known = _did_you_mean(key, list_modalities()), ", ".join(list_modalities())
+    raise PromptError(f"Unknown modality {modality!r}.{hint} Known modalities: {known}.")
 
 
 def get_task(name: str) -> Task:
@@ -360,20 +334,13 @@ def get_task(name: str) -> Task:
         'chest_xray/chexpert_5x200'
     """
     if not isinstance(name, str):
-        raise PromptError(f"A task name is text, not {_describe(name)}; see list_tasks().")
+        raise PromptError(f"A task name is text, not {type(name).__name__}; see list_tasks().")
     index, key = _task_index(), name.strip().lower()
     found = [key] if key in index else [n for n in index if n.rsplit("/", 1)[-1] == key]
     if len(found) == 1:  # a copy: changing its synonyms leaves the cached task alone
         return replace(index[found[0]], synonyms=dict(index[found[0]].synonyms))
-    if found:
-        raise PromptError(f"Task id {name!r} is ambiguous: use the full name, {_or_list(found)}.")
-    bare = {n.rsplit("/", 1)[-1]: n for n in index}  # close full names, then close task ids
-    close = [n for n in index if key and key in n] + difflib.get_close_matches(key, index)
-    close += [bare[b] for b in difflib.get_close_matches(key, bare)]
-    if not close:
-        raise PromptError(f"Unknown task {name!r}. Known tasks: {', '.join(index)}.")
-    close = list(dict.fromkeys(close))[:5]
-    raise PromptError(f"Unknown task {name!r}. Did you mean {_or_list(close)}? See list_tasks().")
+    problem = f"Task id {name!r} is ambiguous" if found else f"Unknown task {name!r}"
+    raise PromptError(f"{problem}.{_did_you_mean(key, index)} Known tasks: {', '.join(index)}.")
 
 
 def modality_task() -> Task:

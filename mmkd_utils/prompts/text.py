@@ -1,8 +1,5 @@
-"""Prompt text: prompt lists, classes with their synonyms, and templates.
-
-A class is described by its name and synonyms, each put into every template (``{}``
-marks where the name goes); :mod:`mmkd_utils.model.classifier` averages their embeddings.
-"""
+"""Prompt text: prompt lists, classes with their synonyms, and templates (``{}`` marks where
+a class name goes); :mod:`mmkd_utils.model.classifier` averages the embeddings of a class."""
 
 from __future__ import annotations
 
@@ -25,21 +22,16 @@ def check_prompts(prompts: str | Iterable[str], name: str = "prompts") -> list[s
     try:
         items = list(prompts)
     except TypeError:
-        raise PromptError(
-            f"{name} must be a string or a list of strings, not {type(prompts).__name__}."
-        ) from None
+        kind = type(prompts).__name__
+        raise PromptError(f"{name} must be a string or a list of strings, not {kind}.") from None
     if not items:
         raise PromptError(f"{name} is empty: pass at least one prompt, e.g. ['A chest X-ray.'].")
     for i, text in enumerate(items):
         if not isinstance(text, str):
-            raise PromptError(
-                f"{name}[{i}] is a {type(text).__name__} ({text!r}), not a string: pass the "
-                "prompts as text."
-            )
+            kind = type(text).__name__
+            raise PromptError(f"{name}[{i}] is a {kind} ({text!r}): pass the prompts as text.")
         if not text.strip():
-            raise PromptError(
-                f"{name}[{i}] is empty or only whitespace; remove it or write a prompt."
-            )
+            raise PromptError(f"{name}[{i}] is empty or only whitespace; remove it or write one.")
     return items
 
 
@@ -53,23 +45,14 @@ def normalize_classes(
         {'edema': ('edema', 'pulmonary edema'), 'normal': ('normal',)}
     """
     if isinstance(classes, str):
-        raise PromptError(
-            f"classes={classes!r} is one string; pass a list of class names, a mapping "
-            "{class: [synonyms]}, or a task name to model.classifier(...)."
-        )
-    if isinstance(classes, Mapping):
-        items = [(name, list(synonyms or [])) for name, synonyms in classes.items()]
-    else:
-        items = [(name, []) for name in check_prompts(list(classes), name="class_names")]
-    out: dict[str, tuple[str, ...]] = {}
-    for name, synonyms in items:
-        names = check_prompts([name, *synonyms], name=f"class {name!r}")
-        if name in out:
-            raise PromptError(f"class name {name!r} appears twice; class names must be unique.")
-        out[name] = tuple(dict.fromkeys(names))  # the name first, duplicates dropped
-    if not out:
-        raise PromptError("no classes given: pass at least one class name.")
-    return out
+        how = "a list of class names, a mapping {class: [synonyms]} or a task name"
+        raise PromptError(f"classes={classes!r} is one string; pass {how}.")
+    names = check_prompts(classes, name="class_names")  # of a mapping: its keys
+    if len(set(names)) < len(names):
+        raise PromptError(f"a class name appears twice in {names!r}; remove one of them.")
+    synonyms = classes if isinstance(classes, Mapping) else {}
+    out = {n: check_prompts([n, *(synonyms.get(n) or [])], name=f"class {n!r}") for n in names}
+    return {n: tuple(dict.fromkeys(all_names)) for n, all_names in out.items()}  # no duplicates
 
 
 def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
@@ -79,15 +62,11 @@ def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
         >>> check_templates(None), check_templates(["A chest X-ray showing {}."])
         (('{}',), ('A chest X-ray showing {}.',))
     """
-    if templates is None:
-        return ("{}",)
-    items = check_prompts(templates, name="templates")
+    items = ["{}"] if templates is None else check_prompts(templates, name="templates")
     for i, template in enumerate(items):
         if template.count("{}") != 1:
-            raise PromptError(
-                f"templates[{i}] = {template!r} must contain '{{}}' exactly once, where the "
-                "class name goes, e.g. 'A chest X-ray showing {}.'"
-            )
+            where = "where the class name goes, e.g. 'A chest X-ray showing {}.'"
+            raise PromptError(f"templates[{i}] = {template!r}: put '{{}}' exactly once, {where}")
     return tuple(items)
 
 

@@ -1,11 +1,5 @@
-"""Zero-shot evaluation of a labelled image folder: accuracy, per-class scores, AUROC.
-
-:func:`evaluate_folder` reads torchvision's *ImageFolder* layout, one sub-folder per class
-(``root/pneumonia/img001.png``, ``root/normal/...``), matches each folder to a class of a
-zero-shot classifier, embeds the images with ``model.encode_images`` (the one image
-pipeline) and scores the predictions with scikit-learn.
-:func:`mmkd_utils.plotting.plot_confusion_matrix` draws the ``confusion`` table.
-Introduced in ``notebooks/03_zero_shot_by_modality.ipynb``.
+"""Zero-shot evaluation of an image folder with one sub-folder per class (torchvision's
+*ImageFolder* layout): accuracy, per-class scores, AUROC by scikit-learn. Notebook 03.
 """
 
 from __future__ import annotations
@@ -22,15 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn import metrics
-from torchvision.datasets.folder import find_classes, has_file_allowed_extension
 
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
-from mmkd_utils.images.pipeline import DEFAULT_BATCH_SIZE, check_batch_size
 from mmkd_utils.model.classifier import ZeroShotClassifier
+from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES
 
-#: File name endings of the images :func:`mmkd_utils.images.medical.load_image` reads.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-IMAGE_SUFFIXES += (".dcm", ".dicom", ".nii", ".nii.gz")  # DICOM and NIfTI
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
 
@@ -79,44 +69,37 @@ class EvaluationResult:
         parts += [f"top-{k} {v:.3f}" for k, v in self.top_k_accuracy.items()]
         parts += ["AUROC n/a" if math.isnan(self.auroc_macro) else f"AUROC {self.auroc_macro:.3f}"]
         skipped = f" ({len(self.skipped)} skipped)" if len(self.skipped) else ""
-        return (
-            f"{self.n_images} images, {len(self.class_names)} classes: {', '.join(parts)}{skipped}"
-        )
+        head = f"{self.n_images} images, {len(self.class_names)} classes"
+        return f"{head}: {', '.join(parts)}{skipped}"
 
     def __repr__(self) -> str:
         return f"EvaluationResult({self.summary()})"
 
 
 def _is_image(name: str) -> bool:
-    return not name.startswith(".") and has_file_allowed_extension(name, IMAGE_SUFFIXES)
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _loose_images(folder: Path) -> int:
+    return sum(_is_image(p.name) for p in folder.iterdir() if p.is_file())
 
 
 def find_class_folders(root: str | os.PathLike) -> list[Path]:
-    """The class sub-folders of ``root`` (torchvision's ``find_classes``), hidden ones left out.
+    """The class sub-folders of ``root``, sorted, hidden ones left out.
 
     Example:
-        >>> (tmp / "normal").mkdir(), (tmp / ".cache").mkdir()
-        (None, None)
+        >>> _ = (tmp / "normal").mkdir(), (tmp / ".cache").mkdir()
         >>> [folder.name for folder in find_class_folders(tmp)]
         ['normal']
     """
     path = Path(root).expanduser()
     if not path.is_dir():
         problem = "is a file, not a folder" if path.exists() else "does not exist"
-        raise EvaluationError(
-            f"The image folder {path} {problem}: pass the folder that holds one sub-folder per "
-            f"class (a relative path starts from {Path.cwd()})."
-        )
-    try:
-        names = [name for name in find_classes(path)[0] if not name.startswith(".")]
-    except FileNotFoundError:  # torchvision's "no class folder"
-        names = []
+        raise EvaluationError(f"The image folder {path} {problem}: check the path.")
+    names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
     if not names:
-        loose = sum(_is_image(p.name) for p in path.iterdir() if p.is_file())
-        raise EvaluationError(
-            f"{path} has no class sub-folders (it holds {loose} images directly): put the "
-            f"images of each class in a sub-folder named after it, e.g. {path / 'pneumonia'}."
-        )
+        loose = f"it holds {_loose_images(path)} images directly"
+        raise EvaluationError(f"{path} has no class sub-folders ({loose}): put each class in one.")
     return [path / name for name in names]
 
 
@@ -134,6 +117,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(top).as_posix())
 
 
+def _key(name: str) -> str:
+    return " ".join(re.sub(r"[_\-]", " ", name).casefold().split())
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
 def match_folders(
     folder_names: Sequence[str],
     class_names: Sequence[str],
@@ -148,70 +139,25 @@ def match_folders(
     """
     classes, chosen = list(class_names), dict(folder_to_class or {})
     known = f"The sub-folders are {_quoted(folder_names)}, the classes {_quoted(classes)}."
-    not_folders = [k for k in chosen if k not in folder_names]
-    if not_folders:
-        raise EvaluationError(f"folder_to_class: {_quoted(not_folders)} not sub-folders. {known}")
-    not_classes = [v for v in chosen.values() if v is not None and v not in classes]
-    if not_classes:
-        raise EvaluationError(f"folder_to_class: {_quoted(not_classes)} not class names. {known}")
-    mapping, unmatched = {}, []
+    wrong = {
+        "sub-folders": [k for k in chosen if k not in folder_names],
+        "class names": [v for v in chosen.values() if v is not None and v not in classes],
+    }
+    for what, names in wrong.items():
+        if names:
+            raise EvaluationError(f"folder_to_class: {_quoted(names)} not {what}. {known}")
+    mapping = {}
     for folder in folder_names:
         found = [chosen[folder]] if folder in chosen else [c for c in classes if c == folder]
-        found = found or [c for c in classes if _key(c) == _key(folder)]
-        if len(found) > 1:
-            raise EvaluationError(
-                f"Folder {folder!r} matches {_quoted(found)}: use folder_to_class."
-            )
-        if not found:
-            unmatched.append(folder)
-        mapping[folder] = found[0] if found else None
-    if unmatched:
-        hint = ", ".join(f"{f!r}: <class name or None>" for f in unmatched[:2])
+        mapping[folder] = found or [c for c in classes if _key(c) == _key(folder)]
+    unclear = [folder for folder, found in mapping.items() if len(found) != 1]
+    if unclear:
+        hint = ", ".join(f"{f!r}: <class name or None>" for f in unclear[:2])
         raise EvaluationError(
-            f"Folder(s) {_quoted(unmatched)} match no class (even ignoring case, '_' and '-'). "
+            f"Folder(s) {_quoted(unclear)} match no class or several (ignoring case, '_', '-'). "
             f"{known} Rename the folders or pass folder_to_class={{{hint}}}."
         )
-    return mapping
-
-
-def _key(name: str) -> str:
-    return " ".join(re.sub(r"[_\-]", " ", name).casefold().split())
-
-
-def _quoted(names: Iterable[str]) -> str:
-    return ", ".join(repr(n) for n in names)
-
-
-def _classifier(model: Any, classes: Any, templates: Sequence[str] | None) -> ZeroShotClassifier:
-    """``classes`` as a classifier of ``model`` with two or more classes."""
-    if not isinstance(classes, ZeroShotClassifier):
-        classes = model.classifier(classes, templates)
-    elif templates is not None:
-        raise PromptError("templates do not apply to a ready classifier: pass the class names.")
-    if classes.weights.shape[1] != model.embed_dim:
-        dim = classes.weights.shape[1]
-        raise PromptError(f"The classifier has {dim}-d weights: build it with this model.")
-    clash = set(classes.class_names) & set(PREDICTION_COLUMNS)
-    if len(classes) < 2 or clash:
-        problem = f"classes {_quoted(clash)} clash with columns" if clash else "one class only"
-        raise EvaluationError(f"{problem} of {classes!r}: pass two or more other classes.")
-    return classes
-
-
-def _embed(model: Any, paths: list[Path], size: int, on_error: str) -> tuple[Any, list]:
-    """Embeddings of the readable ``paths`` and the failures ``(position, path, reason)``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedImagesWarning)
-        feats = model.encode_images(paths, batch_size=size, on_error=on_error)
-    failed = []
-    for warning in caught:  # the model's one SkippedImagesWarning lists the failures
-        if isinstance(warning.message, SkippedImagesWarning):
-            failed += warning.message.failures
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
-    return feats, failed
+    return {folder: found[0] for folder, found in mapping.items()}
 
 
 def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[int]) -> dict:
@@ -222,27 +168,21 @@ def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[
     empty = [c for c, count in zip(names, np.bincount(y, minlength=n), strict=True) if not count]
     notes = [f"top-{k} accuracy left out: there are only {n} classes." for k in ks if k > n]
     if ties:
-        notes.append(
-            f"{ties} image(s) have several classes tied for the highest probability: "
-            "'predicted' is the first, top-k accuracy ranks the last first."
-        )
+        notes.append(f"{ties} image(s) have several classes tied: 'predicted' is the first.")
     if empty:
         notes.append(f"AUROC is NaN: class(es) {_quoted(empty)} have no images (AUC undefined).")
     with warnings.catch_warnings():  # "k >= number of classes", "classes not in y_true"
         warnings.simplefilter("ignore")
         top = {k: metrics.top_k_accuracy_score(y, scores, k=k, labels=labels) for k in ks if k <= n}
         balanced = metrics.balanced_accuracy_score(y, pred)
-    auroc = math.nan if empty else metrics.roc_auc_score(y, scores, multi_class="ovr")
-    scores_per_class = metrics.precision_recall_fscore_support(
-        y, pred, labels=labels, zero_division=0
-    )
+    per_class = metrics.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     true, columns = pd.Index(names, name="true"), ("class", "precision", "recall", "f1", "support")
     return dict(
         accuracy=float(metrics.accuracy_score(y, pred)),
         balanced_accuracy=float(balanced),
         top_k_accuracy={k: float(v) for k, v in top.items()},
-        auroc_macro=float(auroc),
-        per_class=pd.DataFrame(dict(zip(columns, [names, *scores_per_class], strict=True))),
+        auroc_macro=math.nan if empty else metrics.roc_auc_score(y, scores, multi_class="ovr"),
+        per_class=pd.DataFrame(dict(zip(columns, [names, *per_class], strict=True))),
         confusion=pd.DataFrame(
             metrics.confusion_matrix(y, pred, labels=labels), true, true.rename("predicted")
         ),
@@ -263,11 +203,9 @@ def evaluate_folder(
 ) -> EvaluationResult:
     """Zero-shot classify every image under ``root`` (one sub-folder per class) and score it.
 
-    ``task_or_classes`` (a task name, class names, ``{class: [synonyms]}``) and ``templates``
-    go to ``model.classifier``, or it is a ready classifier. Folders are matched to classes
-    by :func:`match_folders`; images may be nested, hidden files are ignored. With
-    ``on_error="skip"``, unreadable images and empty class folders are left out (listed in
-    ``result.skipped``, one :class:`~mmkd_utils.errors.SkippedImagesWarning`), not raised.
+    ``task_or_classes`` and ``templates`` go to ``model.classifier`` (or it is a classifier);
+    folders are matched by :func:`match_folders`. ``on_error="skip"`` leaves out unreadable
+    images and empty class folders: see ``result.skipped`` and the SkippedImagesWarning.
 
     Example:
         >>> import shutil
@@ -277,19 +215,24 @@ def evaluate_folder(
         >>> list(result.predictions.columns)
         ['path', 'true', 'predicted', 'CT', 'MRI']
     """
-    if on_error not in ("raise", "skip"):
-        raise ArgumentError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
-    size = check_batch_size(batch_size, getattr(model, "image_batch_size", DEFAULT_BATCH_SIZE))
     ks = list(top_k) if isinstance(top_k, Iterable) else [top_k]
     if not all(type(k) is int and k > 0 for k in ks):
         raise ArgumentError(f"top_k={top_k!r}: pass positive whole numbers, e.g. (1, 5).")
-    folders = find_class_folders(root)
-    clf = _classifier(model, task_or_classes, templates)
-    names = clf.class_names
+    folders, clf = find_class_folders(root), task_or_classes
+    if not isinstance(clf, ZeroShotClassifier):
+        clf = model.classifier(clf, templates)
+    elif templates is not None:
+        raise PromptError("templates do not apply to a ready classifier: pass the class names.")
+    if clf.weights.shape[1] != model.embed_dim:
+        dim = clf.weights.shape[1]
+        raise PromptError(f"The classifier has {dim}-d weights: build it with this model.")
+    names, clash = clf.class_names, set(clf.class_names) & set(PREDICTION_COLUMNS)
+    if len(names) < 2 or clash:
+        problem = f"classes {_quoted(clash)} clash with columns" if clash else "one class only"
+        raise EvaluationError(f"{problem} of {clf!r}: pass two or more other classes.")
     mapping = match_folders([f.name for f in folders], names, folder_to_class)
     notes, paths, truth, skipped = [], [], [], []
-    loose = sum(_is_image(p.name) for p in folders[0].parent.iterdir() if p.is_file())
-    if loose:
+    if loose := _loose_images(folders[0].parent):
         notes.append(f"{loose} image(s) directly in {root} ignored: not in a class folder.")
     for folder in folders:
         if mapping[folder.name] is None:
@@ -299,22 +242,26 @@ def evaluate_folder(
         if not images:
             reason = f"class folder {folder.name!r} holds no image files"
             if on_error == "raise":
-                raise EvaluationError(f"The {reason}: add some, or pass on_error='skip'.")
+                raise EvaluationError(f"The {reason}: put images in it, or pass on_error='skip'.")
             skipped.append((-1, str(folder), reason))
         paths += images
         truth += [names.index(mapping[folder.name])] * len(images)
     if not paths:
-        raise EvaluationError(
-            f"No class folder under {root} holds image files: put the images in one "
-            "sub-folder per class."
-        )
-    feats, failed = _embed(model, paths, size, on_error)
+        raise EvaluationError(f"No class folder under {root} holds images: put some in them.")
+    with warnings.catch_warnings(record=True) as caught:  # to list the failures in skipped
+        warnings.simplefilter("always", SkippedImagesWarning)
+        feats = model.encode_images(paths, batch_size=batch_size, on_error=on_error)
+    failed = []
+    for w in caught:
+        if isinstance(w.message, SkippedImagesWarning):
+            failed += w.message.failures
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     left_out = skipped + failed
     if left_out:
         lines = [f"  {path}: {reason}" for _, path, reason in left_out[:10]]
-        lines += [f"  ... and {len(left_out) - 10} more"] if len(left_out) > 10 else []
         head = f"Skipped {len(failed)} unreadable image(s) and {len(skipped)} empty class folder(s)"
-        message = "\n".join([head + "; see result.skipped:", *lines])
+        message = "\n".join([f"{head}; see result.skipped (the first 10 here):", *lines])
         warnings.warn(SkippedImagesWarning(message, left_out), stacklevel=2)
     kept = sorted(set(range(len(paths))) - {i for i, _, _ in failed})
     probs = (model.logit_scale * feats @ clf.weights.T).softmax(dim=-1).double().numpy()
