@@ -99,31 +99,23 @@ def set_aside(dest: PathLike, seen: tuple[int, int, int] | None) -> Path | None:
     with lock:
         if seen is None or file_identity(dest) != seen:
             return None
-        aside, n = Path(f"{dest}.corrupt"), 1
-        while aside.exists():
+        n = 1
+        while (aside := Path(f"{dest}.{n}.corrupt" if n > 1 else f"{dest}.corrupt")).exists():
             n += 1
-            aside = Path(f"{dest}.{n}.corrupt")
         os.replace(dest, aside)
     return aside
 
 
 def _fetch(url: str, part: Path, dest: Path, hint: str, timeout: float) -> None:
     """gdown ``url`` into ``part``, resuming a partial transfer; errors become DownloadError."""
-
-    def get() -> None:
-        shown = {"output": f"To: {dest}\n"}  # not the staging file
-        gdown.download(url=url, output=str(part), resume=True, timeout=timeout, log_messages=shown)
-
+    shown = {"output": f"To: {dest}\n"}  # not the staging file
     try:
-        try:
-            get()
-        except gdown.exceptions.DownloadError as exc:
-            if "byte range" not in str(exc):
-                raise
-            for p in _partials(dest):  # the server cannot resume: start again
-                p.unlink()
-            get()
+        gdown.download(url=url, output=str(part), resume=True, timeout=timeout, log_messages=shown)
     except (gdown.exceptions.DownloadError, requests.RequestException) as exc:
+        if "byte range" in str(exc) and _partials(dest):  # the server cannot resume: restart
+            for p in _partials(dest):
+                p.unlink()
+            return _fetch(url, part, dest, hint, timeout)
         why = f"the download was interrupted ({exc})"
         if isinstance(exc, gdown.exceptions.FileURLRetrievalError):
             why = _DRIVE_PAGE
