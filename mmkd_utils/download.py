@@ -1,8 +1,6 @@
-"""Safe downloads: the released checkpoint and any file with a known SHA-256.
-
-gdown fetches (and resumes); the finished ``<dest>.part`` is verified, then moved to ``dest``
-under the lock ``<dest>.lock``: a cached file is complete or absent, a good one never lost.
-"""
+"""Safe downloads (the checkpoint, files of known SHA-256): gdown fetches and resumes into
+``<dest>.part``, which is verified, then moved to ``dest`` under the lock ``<dest>.lock``.
+So a cached file is complete or absent, and a good one is never lost."""
 
 import contextlib
 import errno
@@ -221,6 +219,5 @@ def download_checkpoint(
         'MMKD_B16.pth'
     """
     dest = Path(dest).expanduser() if dest is not None else paths.default_checkpoint_path()
-    hint = f"Or download it by hand from {paths.DRIVE_VIEW_URL} and put it at {dest}"
-    hint += ", or set MMKD_CHECKPOINT to the path of the file you saved."
+    hint = f"Or download it from {paths.DRIVE_VIEW_URL} to {dest}, or set MMKD_CHECKPOINT to it."
     return _download(url or paths.DRIVE_URL, dest, "", _check_checkpoint, hint, force, timeout)
