@@ -92,9 +92,7 @@ def set_aside(dest: PathLike, seen: tuple[int, int, int] | None) -> Path | None:
         'w.pth.corrupt'
     """
     dest = Path(dest)
-    with _saving(f"Could not create the lock file {dest}.lock", dest):
-        lock = FileLock(f"{dest}.lock").acquire()
-    with lock:
+    with FileLock(f"{dest}.lock"):  # an OSError (read-only folder) is for the caller to explain
         if seen is None or file_identity(dest) != seen:
             return None
         n = 1
