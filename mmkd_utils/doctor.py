@@ -1,7 +1,5 @@
-"""``doctor()``: a short list of checks a student can read (also ``mmkd-clip doctor``).
-
-Each check is one line: OK, WARNING or ERROR, what it found and, for a problem, the fix.
-Nothing is downloaded and no model is built; hosts are asked only when online.
+"""``doctor()`` (also ``mmkd-clip doctor``): one line per check, OK, WARNING or ERROR, what
+it found and, for a problem, the fix. Nothing is downloaded; hosts are asked only when online.
 """
 
 import concurrent.futures
@@ -120,13 +118,12 @@ def _weights(verify: bool) -> tuple[str, ...]:
     if not path.exists():
         fix = f"nothing to do online; offline, put it there or set MMKD_CHECKPOINT ({OFFLINE})"
         return WARNING, f"{path}: downloaded on first load (784 MB)", fix
-    fix = "run `mmkd-clip download --force`, or set MMKD_CHECKPOINT to a good file"
     if path.is_dir():  # a converted copy: load_model() checks it
         return OK, f"{path} (a converted copy)"
     try:
         found = f"{len(read_checkpoint(path))} tensors" if verify else "--verify reads it"
     except Exception as err:
-        return ERROR, str(err), fix
+        return ERROR, str(err), "run `mmkd-clip download --force` or set MMKD_CHECKPOINT"
     copy = converted_folder(path)
     made = "" if (copy / WEIGHTS_NAME).is_file() else "the first load writes "
     return OK, f"{path} ({found}); converted copy: {made}{copy}"
@@ -139,11 +136,10 @@ def _text_encoder() -> tuple[str, ...]:
         if Path(source).is_dir():
             lacks = [n for n in ("config.json", "vocab.txt") if not Path(source, n).is_file()]
             return (ERROR, f"{source} lacks {lacks}", fix) if lacks else (OK, f"folder {source}")
-        cached = isinstance(try_to_load_from_cache(source, "config.json"), str)
+        if isinstance(try_to_load_from_cache(source, "config.json"), str):
+            return OK, f"{source}: in the Hugging Face cache"
     except Exception as err:  # not an existing folder, nor a valid hub id
         return ERROR, str(err), fix
-    if cached:
-        return OK, f"{source}: in the Hugging Face cache"
     if constants.HF_HUB_OFFLINE:
         return ERROR, f"{source}: not in the Hugging Face cache and HF_HUB_OFFLINE is set", fix
     return WARNING, f"{source}: fetched on first load (under 1 MB)", fix
@@ -170,8 +166,7 @@ def _host(url: str, timeout: float) -> tuple[str, ...]:
     except urllib.error.HTTPError as err:  # an HTTP error is an answer
         err.close()
     except Exception as err:
-        why = getattr(err, "reason", err)
-        return WARNING, f"not reachable ({why})", f"work offline: {OFFLINE}"
+        return WARNING, f"not reachable ({getattr(err, 'reason', err)})", f"work offline: {OFFLINE}"
     return OK, "answers"
 
 
@@ -195,9 +190,8 @@ def doctor(*, network: bool = True, timeout: float = 3.0, verify_weights: bool =
     checks = {"python": lambda: (OK, f"{sys.version.split()[0]} ({sys.executable})")}
     checks |= {"packages": _packages, "torch": _torch, "device": _device, "cache folder": _cache}
     checks |= {"weights": lambda: _weights(verify_weights), "text encoder": _text_encoder}
-    checks |= {"demo images": _demo_images, "network": lambda: (OK, "not checked (offline)")}
-    if network:
-        del checks["network"]
-        checks |= {url: lambda url=url: _host(url, timeout) for url in HOSTS}
+    hosts = {url: lambda url=url: _host(url, timeout) for url in HOSTS}
+    checks |= {"demo images": _demo_images}
+    checks |= hosts if network else {"network": lambda: (OK, "not checked (offline)")}
     with concurrent.futures.ThreadPoolExecutor(len(checks)) as pool:
         return DoctorReport(pool.map(_run, checks, checks.values()))

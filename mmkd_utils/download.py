@@ -1,20 +1,17 @@
-"""Safe downloads: the released checkpoint and any file with a known SHA-256.
-
-gdown fetches every file (Drive links and plain URLs) and resumes an interrupted transfer.
-The finished ``<dest>.part`` is verified, then moved to ``dest`` (:func:`os.replace`) under
-the lock ``<dest>.lock``: a cached file is complete or absent, and a good one is never lost.
-"""
-
-from __future__ import annotations
+"""Safe downloads (the checkpoint, files of known SHA-256): gdown fetches and resumes into
+``<dest>.part``, which is verified, then moved to ``dest`` under the lock ``<dest>.lock``.
+So a cached file is complete or absent, and a good one is never lost."""
 
 import contextlib
 import errno
 import hashlib
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gdown
+import requests
 import torch
 from filelock import FileLock
 
@@ -22,10 +19,7 @@ import mmkd_utils.config as paths
 from mmkd_utils.errors import DownloadError
 
 PathLike = str | os.PathLike[str]
-_DRIVE_PAGE = (
-    "Google Drive sent a web page instead of the file (usually its download quota is "
-    "exceeded for today, or Drive asks for a permission or confirmation)"
-)
+_DRIVE_PAGE = "Drive sent a web page, not the file (its quota is used up, or it asks permission)"
 
 
 def sha256_file(path: PathLike) -> str:
@@ -60,36 +54,37 @@ def file_identity(path: PathLike) -> tuple[int, int, int] | None:
         >>> file_identity(tmp / "not-there") is None
         True
     """
-    try:
+    with contextlib.suppress(FileNotFoundError):
         st = Path(path).stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+        return st.st_ino, st.st_size, st.st_mtime_ns
+    return None
 
 
-def _local_error(what: str, exc: OSError, dest: Path) -> DownloadError:
-    """The DownloadError for a file operation in ``dest``'s folder that failed: what to do."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        why = "the disk is full. Free some disk space, or set MMKD_HOME to a disk with room"
-    else:
-        why = f"{exc.strerror or exc}. Check that {dest.parent} is writable (or set MMKD_HOME)"
-    return DownloadError(f"{what}: {why}, then run again.")
+def _partials(dest: Path) -> list[Path]:
+    """gdown's files of an unfinished transfer to ``dest`` (``<dest>.partXXXXXXXX.part``)."""
+    return sorted(dest.parent.glob(part_path(dest).name + "?" * 8 + ".part"))
 
 
-def _locked(dest: Path) -> contextlib.AbstractContextManager:
-    """Acquire ``dest``'s inter-process lock (for ``with``); DownloadError if it cannot be."""
-    lock = FileLock(f"{dest}.lock")
+@contextlib.contextmanager
+def _saving(what: str, dest: Path) -> Iterator[None]:
+    """Turn an OSError of a file operation for ``dest`` into a DownloadError saying what to do."""
     try:
-        return lock.acquire()
+        yield
+    except DownloadError:
+        raise
     except OSError as exc:
-        raise _local_error(f"Could not create the lock file {lock.lock_file}", exc, dest) from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "the disk is full. Free some disk space, or set MMKD_HOME to a disk with room"
+            for p in _partials(dest):  # what was written only takes space
+                p.unlink(missing_ok=True)
+        else:
+            why = f"{exc.strerror or exc}. Check that {dest.parent} is writable (or set MMKD_HOME)"
+        raise DownloadError(f"{what}: {why}, then run again.") from exc
 
 
 def set_aside(dest: PathLike, seen: tuple[int, int, int] | None) -> Path | None:
-    """Rename a cached file that failed to verify to ``<dest>.corrupt`` (kept, not deleted).
-
-    Only if ``dest`` is still the file ``seen`` (its :func:`file_identity`), else None.
-    Older ``.corrupt`` files stay (the next is ``<dest>.2.corrupt``, ...).
+    """Rename ``dest`` that failed to verify to ``<dest>.corrupt`` (or ``<dest>.2.corrupt``...);
+    only if it is still the file ``seen`` (its :func:`file_identity`), else return None.
 
     Example:
         >>> _ = (tmp / "w.pth").write_bytes(b"bad")
@@ -97,43 +92,26 @@ def set_aside(dest: PathLike, seen: tuple[int, int, int] | None) -> Path | None:
         'w.pth.corrupt'
     """
     dest = Path(dest)
-    with _locked(dest):
+    with FileLock(f"{dest}.lock"):  # an OSError (read-only folder) is for the caller to explain
         if seen is None or file_identity(dest) != seen:
             return None
-        aside, n = Path(f"{dest}.corrupt"), 1
-        while aside.exists():
+        n = 1
+        while (aside := Path(f"{dest}.{n}.corrupt" if n > 1 else f"{dest}.corrupt")).exists():
             n += 1
-            aside = Path(f"{dest}.{n}.corrupt")
         os.replace(dest, aside)
     return aside
 
 
-def _partials(part: Path) -> list[Path]:
-    """gdown's files of an unfinished transfer into ``part`` (``<part>XXXXXXXX.part``)."""
-    return sorted(part.parent.glob(part.name + "?" * 8 + ".part"))
-
-
 def _fetch(url: str, part: Path, dest: Path, hint: str, timeout: float) -> None:
     """gdown ``url`` into ``part``, resuming a partial transfer; errors become DownloadError."""
-    import gdown
-    import requests
-
-    def get() -> None:
-        shown = {"output": f"To: {dest}\n"}  # not the staging file
-        gdown.download(
-            url=url, output=str(part), quiet=False, resume=True, timeout=timeout, log_messages=shown
-        )
-
+    shown = {"output": f"To: {dest}\n"}  # not the staging file
     try:
-        try:
-            get()
-        except gdown.exceptions.DownloadError as exc:
-            if "byte range" not in str(exc):
-                raise
-            for p in _partials(part):  # the server cannot resume: start again
-                p.unlink()
-            get()
+        gdown.download(url=url, output=str(part), resume=True, timeout=timeout, log_messages=shown)
     except (gdown.exceptions.DownloadError, requests.RequestException) as exc:
+        if "byte range" in str(exc) and _partials(dest):  # the server cannot resume: restart
+            for p in _partials(dest):
+                p.unlink()
+            return _fetch(url, part, dest, hint, timeout)
         why = f"the download was interrupted ({exc})"
         if isinstance(exc, gdown.exceptions.FileURLRetrievalError):
             why = _DRIVE_PAGE
@@ -141,65 +119,48 @@ def _fetch(url: str, part: Path, dest: Path, hint: str, timeout: float) -> None:
             why = f"the server answered HTTP {exc.response.status_code}"
         elif isinstance(exc, (requests.ConnectionError, requests.Timeout)):
             why = f"there seems to be no network ({type(exc).__name__})"
-        kept = "".join(
-            f" The part received is kept in {p}; run again to resume." for p in _partials(part)
-        )
+        kept = "".join(f" Run again to resume from {p}." for p in _partials(dest))
         raise DownloadError(f"Could not download {url}: {why}.{kept} {hint}") from exc
-    except OSError as exc:  # a full disk: what was written only takes space
-        for p in _partials(part):
-            p.unlink(missing_ok=True)
-        raise _local_error(f"Could not save {url} as {dest}", exc, dest) from exc
-
-
-def _verify(part: Path, url: str, sha256: str, verify: Callable | None, hint: str) -> None:
-    """Check ``part`` against ``sha256`` and ``verify``; if it fails, delete it and raise."""
-    try:
-        if sha256 and (got := sha256_file(part)) != sha256:
-            raise DownloadError(f"its SHA-256 is {got}, expected {sha256}")
-        if verify is not None:
-            verify(part)
-    except Exception as exc:
-        part.unlink()
-        why = str(exc) if isinstance(exc, DownloadError) else f"it did not verify ({exc})"
-        raise DownloadError(f"The file from {url} was deleted: {why}. Run again. {hint}") from exc
 
 
 def _download(
-    url: str,
-    dest: Path,
-    sha256: str,
-    verify: Callable | None,
-    hint: str,
-    force: bool,
-    timeout: float,
+    url: str, dest: Path, sha: str, verify: Callable | None, hint: str, force: bool, timeout: float
 ) -> Path:
     """Fetch ``url`` to ``<dest>.part`` under ``dest``'s lock, verify it, move it to ``dest``."""
-    sha256 = sha256.lower()
+    part = part_path(dest)
 
     def good() -> bool:  # the cached file can be used as it is
-        return not force and dest.is_file() and (not sha256 or sha256_file(dest) == sha256)
+        return not force and dest.is_file() and (not sha or sha256_file(dest) == sha)
+
+    def check() -> None:  # the download is good, or it is deleted
+        try:
+            if sha and (got := sha256_file(part)) != sha:
+                raise DownloadError(f"its SHA-256 is {got}, expected {sha}")
+            if verify is not None:
+                verify(part)
+        except Exception as exc:
+            part.unlink()
+            raise DownloadError(f"The file from {url} is bad ({exc}); run again. {hint}") from exc
 
     if good():
         return dest
-    try:
+    with _saving(f"Could not create the folder {dest.parent} or the lock file {dest}.lock", dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _local_error(f"Could not create the folder {dest.parent}", exc, dest) from exc
-    before, part = file_identity(dest), part_path(dest)
-    with _locked(dest):
+        before = file_identity(dest)
+        lock = FileLock(f"{dest}.lock").acquire()
+    with lock:
         if file_identity(dest) not in (None, before) or good():
             return dest  # another process finished it while we waited
         if part.is_file() and not force:  # a finished download that was not moved into place
             with contextlib.suppress(DownloadError):
-                _verify(part, url, sha256, verify, hint)  # deletes it if it fails
+                check()
         if force or not part.is_file():
             part.unlink(missing_ok=True)
-            _fetch(url, part, dest, hint, timeout)
-            _verify(part, url, sha256, verify, hint)
-        try:
+            with _saving(f"Could not save {url} as {dest}", dest):
+                _fetch(url, part, dest, hint, timeout)
+            check()
+        with _saving(f"Could not move {part} to {dest}", dest):
             os.replace(part, dest)
-        except OSError as exc:
-            raise _local_error(f"Could not move {part} to {dest}", exc, dest) from exc
     return dest
 
 
@@ -224,7 +185,7 @@ def download_url(
     """
     dest = Path(dest).expanduser()
     hint = f"Or download it by hand and put it at {dest}."
-    return _download(url, dest, sha256 or "", verify, hint, force=False, timeout=timeout)
+    return _download(url, dest, (sha256 or "").lower(), verify, hint, False, timeout)
 
 
 def _check_checkpoint(part: Path) -> None:
@@ -256,9 +217,5 @@ def download_checkpoint(
         'MMKD_B16.pth'
     """
     dest = Path(dest).expanduser() if dest is not None else paths.default_checkpoint_path()
-    hint = (
-        f"Or download {paths.CHECKPOINT_NAME} by hand from {paths.DRIVE_VIEW_URL} and put it at "
-        f"{dest}, or set MMKD_CHECKPOINT to the path of the file you saved."
-    )
-    url = url or paths.DRIVE_URL
-    return _download(url, dest, "", _check_checkpoint, hint, force=force, timeout=timeout)
+    hint = f"Or download it from {paths.DRIVE_VIEW_URL} to {dest}, or set MMKD_CHECKPOINT to it."
+    return _download(url or paths.DRIVE_URL, dest, "", _check_checkpoint, hint, force, timeout)
