@@ -1,9 +1,4 @@
-"""Few-shot linear probes on frozen embeddings: how accuracy grows with labelled examples.
-
-Per shot count and seed, :func:`linear_probe` draws ``k`` examples per class, picks ``C`` by
-``LogisticRegressionCV`` (accuracy, ``StratifiedKFold(min(cv, smallest class))``; :data:`DEFAULT_C`
-if a class has one example), fits ``LogisticRegression(C=C)`` and scores it on the test set.
-"""
+"""Few-shot linear probes on frozen embeddings: how accuracy grows with labelled examples."""
 
 from __future__ import annotations
 
@@ -78,8 +73,7 @@ def _side(embeddings: Any, labels: Any, side: str) -> tuple[np.ndarray, np.ndarr
         raise ProbeError(
             f"{side}_labels has {len(y)} entries but {name} has {len(x)} rows: pass one per row."
         )
-    if None in y:
-        missing = sum(v is None for v in y)
+    if missing := sum(v is None for v in y):
         raise ProbeError(f"{side}_labels has {missing} missing (None): drop those embeddings.")
     try:
         np.unique(y)
@@ -117,13 +111,13 @@ def sample_shots(labels: Sequence[Any] | np.ndarray, k: int, seed: int) -> np.nd
 
 
 def _choose_c(x: np.ndarray, y: np.ndarray, cs: list[float], cv: int) -> tuple[float, int]:
-    folds = min(cv, int(np.bincount(y).min()))
-    if len(cs) == 1 or folds < 2:
+    folds = min(cv, int(np.bincount(y).min())) if len(cs) > 1 else 0
+    if folds < 2:
         return (cs[0] if len(cs) == 1 else DEFAULT_C), 0
-    search = LogisticRegressionCV(
+    lr = LogisticRegressionCV(
         Cs=cs, cv=StratifiedKFold(folds), scoring="accuracy", max_iter=MAX_ITER
     )
-    return float(np.ravel(search.fit(x, y).C_)[0]), folds
+    return float(np.ravel(lr.fit(x, y).C_)[0]), folds
 
 
 def linear_probe(
@@ -137,9 +131,10 @@ def linear_probe(
     Cs: Sequence[float] | None = None,  # noqa: N803 (scikit-learn's name)
     cv: int | None = None,
 ) -> ProbeResult:
-    """Few-shot logistic-regression probes on [N, D] embeddings (tensors, arrays or
-    ``embed_folder`` results, whose ``.labels`` are used when labels are None), scored on the
-    test set. ``Cs`` with one value skips cross-validation; ``cv`` caps the folds (5).
+    """Per shot count and seed: ``k`` examples per class (:func:`sample_shots`), ``C`` chosen by
+    ``LogisticRegressionCV`` (accuracy, ``StratifiedKFold(min(cv, smallest class))``, else
+    :data:`DEFAULT_C`), a ``LogisticRegression`` scored on the test set. Embeddings: tensors,
+    arrays or ``embed_folder`` results (their ``.labels`` when labels are None).
 
     Example:
         >>> y = np.repeat(["a", "b"], 20)
@@ -157,18 +152,16 @@ def linear_probe(
     classes, y_train, counts = np.unique(y_train, return_inverse=True, return_counts=True)
     if classes.size < 2:
         raise ProbeError(f"train_labels has only class {classes[0]!r}; need at least 2 classes.")
-    if unseen := [c for c in np.unique(y_test).tolist() if c not in classes.tolist()]:
-        raise ProbeError(
-            f"test_labels has classes not in train_labels: {', '.join(map(repr, unseen))}; "
-            "drop or relabel those embeddings."
-        )
+    unseen = ", ".join(repr(c) for c in np.unique(y_test).tolist() if c not in classes.tolist())
+    if unseen:
+        raise ProbeError(f"test_labels has classes not in train_labels: {unseen}; drop them.")
     y_test = np.searchsorted(classes, y_test)
     shot_list = _whole("shots", shots, 1, "pass whole numbers >= 1 or 'all'", also="all")
     seed_list = _whole("seeds", seeds, 0, "pass whole numbers >= 0, e.g. (0, 1, 2)")
-    c = np.atleast_1d(np.asarray(DEFAULT_CS if Cs is None else Cs, dtype=np.float64))
-    if c.ndim != 1 or not c.size or not (np.isfinite(c) & (c > 0)).all():
+    grid = np.atleast_1d(np.asarray(DEFAULT_CS if Cs is None else Cs, dtype=np.float64))
+    if grid.ndim != 1 or not grid.size or not (np.isfinite(grid) & (grid > 0)).all():
         raise ProbeError(f"Cs={Cs!r}: pass positive finite C values, e.g. np.logspace(-3, 3, 7).")
-    cs = sorted(set(c.tolist()))
+    cs = sorted(set(grid.tolist()))
     folds = _whole("cv", DEFAULT_FOLDS if cv is None else cv, 2, "pass 2 or more, or None")[0]
 
     notes, rows, unconverged = [], [], 0
@@ -187,13 +180,10 @@ def linear_probe(
                 accuracy = float(np.mean(clf.predict(x_test) == y_test))
                 rows.append((k, seed, idx.size, c, n_folds, accuracy))
     if len(cs) > 1 and (defaulted := list(dict.fromkeys(str(r[0]) for r in rows if r[4] == 0))):
-        notes.append(
-            f"C is the default {DEFAULT_C} for shots {', '.join(defaulted)} (1-example class)."
-        )
+        notes.append(f"For shots {', '.join(defaulted)} (a 1-example class), C is the default.")
     if unconverged:
         notes.append(f"{unconverged} fit(s) stopped at max_iter={MAX_ITER} before converging.")
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).astype({"shots": object})
-    table["seed"] = table["seed"].astype("Int64")
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS).astype({"shots": object, "seed": "Int64"})
     summary = table.groupby("shots", sort=False)["accuracy"]
     summary = summary.agg(mean_accuracy="mean", std=lambda a: a.std(ddof=0), runs="size")
     return ProbeResult(table, summary.reset_index(), tuple(classes.tolist()), len(x_test), notes)

@@ -1,8 +1,4 @@
-"""Search image embeddings with texts, images or embeddings: cosine similarity, top k.
-
-The index is an ``embed_folder`` result or any [N, D] tensor or array. Strings are always
-texts: pass an image file as a :class:`pathlib.Path`. Used in notebook 05.
-"""
+"""Search image embeddings with texts, images or embeddings: cosine similarity, top k."""
 
 from __future__ import annotations
 
@@ -47,10 +43,8 @@ def _matrix(values: Any, name: str) -> torch.Tensor:
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> torch.Tensor:
     if a.shape[1] != b.shape[1]:
-        raise RetrievalError(
-            f"{name_a} has {a.shape[1]}-d embeddings but {name_b} has {b.shape[1]}-d "
-            "embeddings: both must come from the same model."
-        )
+        dims = f"{name_a} has {a.shape[1]}-d embeddings but {name_b} has {b.shape[1]}-d"
+        raise RetrievalError(f"{dims}: use one model for both.")
     a, b = (x.to(torch.promote_types(a.dtype, b.dtype)) for x in (a, b))
     return (a / a.norm(dim=1, keepdim=True)) @ (b / b.norm(dim=1, keepdim=True)).T
 
@@ -97,16 +91,14 @@ def _queries(queries: Any, model: Any, dim: int) -> tuple[torch.Tensor, list]:
         what = f"must be texts, images or embeddings, not {odd[0]}" if odd else "is empty"
         raise RetrievalError(
             f"queries {'mixes texts and images' if len(kinds) == 2 and not odd else what}: pass "
-            "texts (str) or images (Path, PIL, numpy) in separate calls. Stack embeddings first."
+            "texts (str) or images (Path, PIL, numpy) in separate calls. Stack embeddings [Q, D]."
         )
     kind = kinds.pop()
     if model is None:
         raise RetrievalError(f"{kind} queries need model=<the MMKDModel of the {dim}-d index>.")
-    if getattr(model, "embed_dim", dim) != dim:
-        raise RetrievalError(
-            f"The model embeds {kind} queries in {model.embed_dim} dimensions but the index has "
-            f"{dim}-d embeddings: use the model that embedded the index."
-        )
+    if (got := getattr(model, "embed_dim", dim)) != dim:
+        dims = f"The model embeds {kind} queries in {got} dimensions but the index is {dim}-d"
+        raise RetrievalError(f"{dims}: use the model that embedded the index.")
     if kind == "image":
         names = [
             str(q) if isinstance(q, os.PathLike) else getattr(q, "filename", "") or i
@@ -131,8 +123,8 @@ def search(
 ) -> pd.DataFrame:
     """The ``k`` index rows most similar (cosine) to each query: one table, in query order.
 
-    ``queries``: texts or images (``pathlib.Path``, PIL, numpy; need ``model``) or embeddings.
-    ``paths`` names the rows of a tensor index. Columns: :data:`SEARCH_COLUMNS` (+ ``label``).
+    ``queries``: texts (every str), images (``pathlib.Path``, PIL, numpy; need ``model``) or
+    embeddings. ``paths`` names a tensor index's rows. Columns: :data:`SEARCH_COLUMNS` (+ label).
 
     Example:
         >>> search(torch.tensor([[1.0, 0.2, 0.0]]), torch.eye(3), k=2, paths=["a", "b", "c"])
@@ -148,13 +140,12 @@ def search(
     sims = _cosine(query_emb, index_emb, "queries", "the index")
     k = min(int(k), len(names))
     scores, ids = (t[:, :k].flatten() for t in sims.sort(dim=1, descending=True, stable=True))
-    ids = ids.tolist()
     return pd.DataFrame(
         {
             "query": [name for name in query_names for _ in range(k)],
             "rank": np.tile(np.arange(1, k + 1), len(query_names)),
-            "path": [names[i] for i in ids],
+            "path": [names[i] for i in ids.tolist()],
             "score": scores.double().numpy(),
-            **({"label": [labels[i] for i in ids]} if labels else {}),
+            **({"label": [labels[i] for i in ids.tolist()]} if labels else {}),
         }
     )
