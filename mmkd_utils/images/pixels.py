@@ -1,7 +1,4 @@
-"""Numpy arrays and PIL images as 8-bit RGB, and ordinary image files opened with Pillow.
-
-16-bit and float images are rescaled to 0..255: ``convert("RGB")`` would clip them at 255.
-"""
+"""Numpy arrays and PIL images as 8-bit RGB, and ordinary image files opened with Pillow."""
 
 from __future__ import annotations
 
@@ -142,12 +139,10 @@ def pil_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise ImageLoadError(f"{name} has size {image.size}, no pixels: pass a non-empty image.")
     try:
-        if image.mode == "RGB":
-            image.load()  # a lazily opened image decodes here, not in the model's transform
-            return image
         if image.mode[0] in "IF":  # I, I;16, I;16B, ..., F: values beyond 8 bits
             return array_to_image(np.asarray(image), name=name)
-        return image.convert("RGB")
+        image.load()  # a lazily opened image decodes here, not in the model's transform
+        return image if image.mode == "RGB" else image.convert("RGB")
     except ImageLoadError:
         raise
     except Exception as err:  # decoding a lazily opened file, or an exotic mode
