@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.misc import is_dicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 from pydicom.pixels.common import PhotometricInterpretation
 
@@ -75,8 +76,7 @@ def load_image(
     except Exception as err:  # the readers raise many types for malformed files
         raise ImageLoadError(
             f"{kind} {path} could not be read ({type(err).__name__}: {' '.join(str(err).split())}"
-            "); it may be truncated or corrupt (or too large for the memory available): export "
-            "or download it again, or convert it to PNG."
+            "); it may be truncated or corrupt (or too large): export or download it again."
         ) from None
 
 
@@ -102,9 +102,7 @@ def window_bounds(window: Window, name: str = "image") -> tuple[float, float]:
 def _file_kind(path: Path) -> str:  # from the suffix, or DICOM's marker at byte 128
     if path.name.lower().endswith((".nii", ".nii.gz")):
         return "NIfTI"
-    with open(path, "rb") as file:
-        marker = file.read(132)[128:] == b"DICM"
-    return "DICOM" if marker or path.suffix.lower() in (".dcm", ".dicom") else "Image"
+    return "DICOM" if path.suffix.lower() in (".dcm", ".dicom") or is_dicom(path) else "Image"
 
 
 def _reject(path: Path, what: str, **given: Any) -> None:  # arguments that do not apply
@@ -144,7 +142,19 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
     ds.PhotometricInterpretation = photometric  # pydicom's decoders want the exact spelling
     colour = not photometric.startswith("MONOCHROME")
     _reject(path, f"a colour image, {photometric}", window=window if colour else None)
-    pixels = _decode(ds, frame, path)  # YBR is converted to RGB
+    try:
+        pixels = pixel_array(ds, index=frame)  # YBR is converted to RGB
+    except Exception as err:  # a missing decoder is explained here, corrupt data by load_image
+        message = " ".join(str(err).split())
+        if "dependenc" not in message and not isinstance(err, NotImplementedError):
+            raise
+        name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown")
+        plugin = next((p for k, p in CODECS.items() if k in name), "")
+        install = f"pylibjpeg {plugin} (or python-gdcm)" if plugin else "python-gdcm"
+        raise ImageLoadError(
+            f"DICOM {path} is compressed ({name}) and no decoder for it is installed: pip "
+            f"install {install}, or convert it to uncompressed DICOM. pydicom said: {message}"
+        ) from None
     if colour:
         bits = ds.get("BitsStored") or 8
         if photometric == "PALETTE COLOR":
@@ -164,22 +174,6 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
             bounds = window_bounds((centre, width)) if width > 0 else None
         grey = linear_to_uint8(values, *(bounds or (None, None)))
     return array_to_image(255 - grey if photometric == "MONOCHROME1" else grey, name=str(path))
-
-
-def _decode(ds: Any, frame: int, path: Path) -> np.ndarray:  # a missing decoder explained
-    try:
-        return pixel_array(ds, index=frame)
-    except Exception as err:
-        message = " ".join(str(err).split())
-        if "dependenc" not in message and not isinstance(err, NotImplementedError):
-            raise  # corrupt data: reported by load_image
-        name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown")
-        plugin = next((p for k, p in CODECS.items() if k in name), "")
-        install = f"pylibjpeg {plugin} (or python-gdcm)" if plugin else "python-gdcm"
-        raise ImageLoadError(
-            f"DICOM {path} is compressed ({name}) and no decoder for it is installed: pip "
-            f"install {install}, or convert it to uncompressed DICOM. pydicom said: {message}"
-        ) from None
 
 
 def _lift_frame_values(ds: Any, frame: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def check_file(path: str | bytes | os.PathLike) -> Path:
     except OSError as err:  # missing, name too long, permission denied, I/O error
         why = "does not exist" if isinstance(err, FileNotFoundError) else f"cannot be read ({err})"
         raise ImageLoadError(f"Image {path} {why}: check the file name and folder.") from None
-    if stat.S_ISDIR(st.st_mode):
+    if path.is_dir():
         raise ImageLoadError(f"Image {path} is a folder: pass the image files in it instead.")
     if st.st_size == 0:
         raise ImageLoadError(f"Image {path} is empty (0 bytes): download or export it again.")
@@ -59,21 +58,20 @@ def open_image(path: str | bytes | os.PathLike) -> Image.Image:
     path = check_file(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # above the limit
             with Image.open(path) as img:
-                check_pixel_count(path, *img.size)
                 img.load()
                 return img.copy() if getattr(img, "n_frames", 1) > 1 else img
-    except (ImageLoadError, MemoryError):
+    except MemoryError:
         raise
-    except Image.DecompressionBombError as err:  # above twice the limit: Pillow refuses it
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise ImageLoadError(TOO_LARGE.format(path, err)) from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path} is not an image Pillow reads: convert it to PNG.") from None
     except Exception as err:  # Pillow's plugins raise many types for malformed files
         raise ImageLoadError(
             f"Image {path} could not be decoded ({type(err).__name__}: {err}); it may be "
-            "truncated or corrupt: download or export it again, or convert it to PNG."
+            "truncated or corrupt: download or export it again."
         ) from None
 
 
@@ -147,6 +145,5 @@ def pil_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
         raise
     except Exception as err:  # decoding a lazily opened file, or an exotic mode
         raise ImageLoadError(
-            f"{name} (PIL mode {image.mode!r}) could not be converted to RGB ({err}). Convert "
-            "it to RGB yourself first."
+            f"{name} (PIL mode {image.mode!r}) could not be converted to RGB ({err}): do it first."
         ) from None
