@@ -63,9 +63,11 @@ def load_image(
     path, kind = check_file(path), "Image"
     bounds = None if window is None else window_bounds(window, str(path))
     try:
-        kind = _file_kind(path)
-        if kind == "NIfTI":
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            kind = "NIfTI"
             return _load_nifti(path, bounds, frame, slice_index, axis)
+        if path.suffix.lower() in (".dcm", ".dicom") or is_dicom(path):  # DICM at byte 128
+            kind = "DICOM"
         _reject(path, kind, slice_index=slice_index, axis=None if axis == 2 else axis)
         if kind == "DICOM":
             return _load_dicom(path, window, bounds, frame)
@@ -97,12 +99,6 @@ def window_bounds(window: Window, name: str = "image") -> tuple[float, float]:
     if not (np.isfinite(centre) and np.isfinite(width) and width > 0):
         raise ImageLoadError(f"window={window!r} for {name}: the width must be positive.")
     return centre - width / 2, centre + width / 2
-
-
-def _file_kind(path: Path) -> str:  # from the suffix, or DICOM's marker at byte 128
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        return "NIfTI"
-    return "DICOM" if path.suffix.lower() in (".dcm", ".dicom") or is_dicom(path) else "Image"
 
 
 def _reject(path: Path, what: str, **given: Any) -> None:  # arguments that do not apply
@@ -156,12 +152,11 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
             f"install {install}, or convert it to uncompressed DICOM. pydicom said: {message}"
         ) from None
     if colour:
-        bits = ds.get("BitsStored") or 8
+        bits = int(ds.get("BitsStored") or 8)
         if photometric == "PALETTE COLOR":
             pixels, bits = apply_color_lut(pixels, ds), ds.RedPaletteColorLookupTableDescriptor[2]
-        if pixels.dtype != np.uint8:
-            pixels = linear_to_uint8(pixels, 0.0, 2.0 ** int(bits) - 1)
-        return array_to_image(pixels, name=str(path))
+        rgb = pixels if pixels.dtype == np.uint8 else linear_to_uint8(pixels, 0, 2.0**bits - 1)
+        return array_to_image(rgb, name=str(path))
     _lift_frame_values(ds, frame)
     values = apply_modality_lut(pixels, ds).astype(np.float64)  # e.g. HU
     if bounds is None and ds.get("VOILUTSequence"):

@@ -109,8 +109,7 @@ def array_to_image(array: np.ndarray, name: str = "array") -> Image.Image:
         (0, 255)
     """
     arr = np.asarray(array)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
+    arr = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
     if arr.size == 0 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         hint = " If it is channels-first, use np.moveaxis(array, 0, -1)." * (arr.ndim == 3)
         raise ImageLoadError(
@@ -122,8 +121,7 @@ def array_to_image(array: np.ndarray, name: str = "array") -> Image.Image:
     elif not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise ImageLoadError(f"{name} has dtype {arr.dtype}; pass a real-valued numeric array.")
     arr = arr[..., :3] if arr.ndim == 3 else arr  # alpha dropped, as in the published demo
-    if arr.dtype != np.uint8:
-        arr = linear_to_uint8(arr)
+    arr = arr if arr.dtype == np.uint8 else linear_to_uint8(arr)
     return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
 
 
