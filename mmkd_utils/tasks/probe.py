@@ -85,10 +85,8 @@ def _side(embeddings: Any, labels: Any, side: str) -> tuple[np.ndarray, np.ndarr
 
 def _whole(name: str, values: Any, least: int, hint: str, also: Any = None) -> list:
     """Distinct whole numbers >= ``least`` (or ``also``) from one value or a sequence."""
-    given, values = (
-        values,
-        [values] if isinstance(values, (str, numbers.Integral)) else list(values),
-    )
+    given = values
+    values = [values] if isinstance(values, str) or not np.iterable(values) else list(values)
     for v in values:
         if v != also and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least):
             raise ProbeError(f"{name}={given!r}: {hint}.")
@@ -114,10 +112,10 @@ def _choose_c(x: np.ndarray, y: np.ndarray, cs: list[float], cv: int) -> tuple[f
     folds = min(cv, int(np.bincount(y).min())) if len(cs) > 1 else 0
     if folds < 2:
         return (cs[0] if len(cs) == 1 else DEFAULT_C), 0
-    lr = LogisticRegressionCV(
+    search = LogisticRegressionCV(
         Cs=cs, cv=StratifiedKFold(folds), scoring="accuracy", max_iter=MAX_ITER
     )
-    return float(np.ravel(lr.fit(x, y).C_)[0]), folds
+    return float(np.ravel(search.fit(x, y).C_)[0]), folds
 
 
 def linear_probe(
@@ -132,9 +130,9 @@ def linear_probe(
     cv: int | None = None,
 ) -> ProbeResult:
     """Per shot count and seed: ``k`` examples per class (:func:`sample_shots`), ``C`` chosen by
-    ``LogisticRegressionCV`` (accuracy, ``StratifiedKFold(min(cv, smallest class))``, else
-    :data:`DEFAULT_C`), a ``LogisticRegression`` scored on the test set. Embeddings: tensors,
-    arrays or ``embed_folder`` results (their ``.labels`` when labels are None).
+    ``LogisticRegressionCV`` (accuracy, ``StratifiedKFold(min(cv=5, smallest class))``; no search
+    for one ``Cs`` value, :data:`DEFAULT_C` for a 1-example class), a ``LogisticRegression`` scored
+    on the test set. Embeddings: tensors, arrays or ``embed_folder`` results (with ``.labels``).
 
     Example:
         >>> y = np.repeat(["a", "b"], 20)
@@ -171,7 +169,8 @@ def linear_probe(
         for k in shot_list:
             if k != "all" and (counts < k).any():
                 few = ", ".join(f"{classes[i]!r} ({counts[i]})" for i in np.flatnonzero(counts < k))
-                notes.append(f"{k}-shot: class(es) {few} have fewer than {k}; all were used.")
+                why = f"have fewer than {k} training examples and used all of them (see n_train)"
+                notes.append(f"{k}-shot: class(es) {few} {why}.")
             for seed in [None] if k == "all" else seed_list:
                 idx = np.arange(len(y_train)) if k == "all" else sample_shots(y_train, k, seed)
                 c, n_folds = _choose_c(x_train[idx], y_train[idx], cs, folds)
@@ -179,8 +178,8 @@ def linear_probe(
                 unconverged += int(clf.n_iter_.max() >= MAX_ITER)
                 accuracy = float(np.mean(clf.predict(x_test) == y_test))
                 rows.append((k, seed, idx.size, c, n_folds, accuracy))
-    if len(cs) > 1 and (defaulted := list(dict.fromkeys(str(r[0]) for r in rows if r[4] == 0))):
-        notes.append(f"For shots {', '.join(defaulted)} (a 1-example class), C is the default.")
+    if len(cs) > 1 and (defaulted := ", ".join(dict.fromkeys(str(r[0]) for r in rows if not r[4]))):
+        notes.append(f"For shots {defaulted} (a 1-example class) C is the default {DEFAULT_C}.")
     if unconverged:
         notes.append(f"{unconverged} fit(s) stopped at max_iter={MAX_ITER} before converging.")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS).astype({"shots": object, "seed": "Int64"})
