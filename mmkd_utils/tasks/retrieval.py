@@ -121,7 +121,7 @@ def search(
     model: Any = None,
     paths: Sequence[str | os.PathLike] | None = None,
 ) -> pd.DataFrame:
-    """The ``k`` index rows most similar (cosine) to each query: one table, in query order.
+    """The ``k`` index rows most similar (cosine) to each query, ties in index order: one table.
 
     ``queries``: texts (every str), images (``pathlib.Path``, PIL, numpy; need ``model``) or
     embeddings. ``paths`` names a tensor index's rows. Columns: :data:`SEARCH_COLUMNS` (+ label).
@@ -135,7 +135,8 @@ def search(
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise RetrievalError(f"k={k!r}: pass a positive whole number of results per query.")
     index_emb, names = _named(index, "index", paths)
-    labels = [] if all(v is None for v in getattr(index, "labels", None) or []) else index.labels
+    labels = list(getattr(index, "labels", None) or [])
+    labels = labels if any(label is not None for label in labels) else []
     query_emb, query_names = _queries(queries, model, index_emb.shape[1])
     sims = _cosine(query_emb, index_emb, "queries", "the index")
     k = min(int(k), len(names))
