@@ -1,7 +1,4 @@
-"""``to_rgb``: any image the package accepts (a path, PIL image or numpy array) as RGB.
-
-Introduced in ``notebooks/01_quickstart.ipynb``.
-"""
+"""``to_rgb``: any image the package accepts (a path, PIL image or numpy array) as RGB."""
 
 from __future__ import annotations
 
@@ -33,7 +30,5 @@ def to_rgb(image: ImageInput) -> Image.Image:
         return array_to_image(image)
     if isinstance(image, Image.Image):
         return pil_to_rgb(image)
-    raise ImageLoadError(
-        f"Cannot use an object of type {type(image).__name__} as an image; pass a file path, "
-        "a PIL image or a numpy array."
-    )
+    kind = type(image).__name__
+    raise ImageLoadError(f"Cannot use type {kind} as an image: pass a path, PIL image or array.")

@@ -1,8 +1,4 @@
-"""``load_image``: a DICOM (pydicom), NIfTI (nibabel) or other (Pillow) file as 8-bit RGB.
-
-A *window* ``(centre, width)`` maps ``centre - width/2 .. centre + width/2`` onto 0..255
-and clips outside; :data:`WINDOWS` has the usual CT ones, in Hounsfield units (HU).
-"""
+"""``load_image``: a DICOM (pydicom), NIfTI (nibabel) or other (Pillow) file as 8-bit RGB."""
 
 from __future__ import annotations
 
@@ -15,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.misc import is_dicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 from pydicom.pixels.common import PhotometricInterpretation
 
@@ -28,7 +25,7 @@ from mmkd_utils.images.pixels import (
     pil_to_rgb,
 )
 
-#: Named CT windows as ``(centre, width)`` in HU.
+#: CT windows ``(centre, width)`` in HU: ``centre ± width/2`` maps onto 0..255, clipped outside.
 WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
     "mediastinum": (50.0, 350.0),
@@ -41,7 +38,6 @@ Window = Union[str, tuple[float, float]]  # noqa: UP007 (runtime alias)
 PHOTOMETRIC = [p.value for p in PhotometricInterpretation]  # the values DICOM defines
 # The pylibjpeg plugin that decodes a compressed transfer syntax, by a word of its name.
 CODECS = {"2000": "pylibjpeg-openjpeg", "RLE": "pylibjpeg-rle", "JPEG": "pylibjpeg-libjpeg"}
-# Values an enhanced multi-frame DICOM file keeps per frame, in its functional groups.
 FRAME_VALUES = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
 
 
@@ -55,11 +51,10 @@ def load_image(
 ) -> Image.Image:
     """Read a DICOM, NIfTI or ordinary image file as an 8-bit RGB PIL image.
 
-    ``window``: greyscale DICOM or NIfTI, a name from :data:`WINDOWS` or ``(centre,
-    width)``; default: the DICOM's own, else min–max; NIfTI: 0.5–99.5 percentiles.
-    ``frame``: multi-frame DICOM (default the middle one), 4-D NIfTI (default 0).
-    ``slice_index``: NIfTI, along ``axis`` (0 sagittal, 1 coronal, 2 axial; default the
-    middle one), anterior at the top, patient's left on the left.
+    ``window`` (greyscale): a name from :data:`WINDOWS` or ``(centre, width)``; default the
+    DICOM's own, else min–max (NIfTI: 0.5–99.5 percentiles). ``frame``: multi-frame DICOM
+    (default the middle one) or 4-D NIfTI (0). ``slice_index``: NIfTI, along ``axis`` (0 sagittal,
+    1 coronal, 2 axial; default the middle), anterior at the top, patient's left on the left.
 
     Example:
         >>> load_image(xray).size
@@ -68,9 +63,11 @@ def load_image(
     path, kind = check_file(path), "Image"
     bounds = None if window is None else window_bounds(window, str(path))
     try:
-        kind = _file_kind(path)
-        if kind == "NIfTI":
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            kind = "NIfTI"
             return _load_nifti(path, bounds, frame, slice_index, axis)
+        if path.suffix.lower() in (".dcm", ".dicom") or is_dicom(path):  # DICM at byte 128
+            kind = "DICOM"
         _reject(path, kind, slice_index=slice_index, axis=None if axis == 2 else axis)
         if kind == "DICOM":
             return _load_dicom(path, window, bounds, frame)
@@ -81,8 +78,7 @@ def load_image(
     except Exception as err:  # the readers raise many types for malformed files
         raise ImageLoadError(
             f"{kind} {path} could not be read ({type(err).__name__}: {' '.join(str(err).split())}"
-            "); it may be truncated or corrupt (or too large for the memory available): export "
-            "or download it again, or convert it to PNG."
+            "); it may be truncated or corrupt (or too large): export or download it again."
         ) from None
 
 
@@ -105,20 +101,10 @@ def window_bounds(window: Window, name: str = "image") -> tuple[float, float]:
     return centre - width / 2, centre + width / 2
 
 
-def _file_kind(path: Path) -> str:  # from the suffix, or DICOM's marker at byte 128
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        return "NIfTI"
-    with open(path, "rb") as file:
-        marker = file.read(132)[128:] == b"DICM"
-    return "DICOM" if marker or path.suffix.lower() in (".dcm", ".dicom") else "Image"
-
-
 def _reject(path: Path, what: str, **given: Any) -> None:  # arguments that do not apply
     for arg, value in given.items():
         if value is not None:
-            raise ImageLoadError(
-                f"{arg}={value!r} does not apply to {path} ({what}); leave it out."
-            )
+            raise ImageLoadError(f"{arg}={value!r} does not apply to {path} ({what}): omit it.")
 
 
 def _index(path: Path, arg: str, value: int | None, default: int, count: int, of: str) -> int:
@@ -131,12 +117,13 @@ def _index(path: Path, arg: str, value: int | None, default: int, count: int, of
 
 
 def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Image.Image:
-    ds = _read_dicom(path)
+    with warnings.catch_warnings():  # force: also a bare dataset without the 128-byte preamble
+        warnings.simplefilter("ignore")  # (and a file that is not DICOM warns)
+        ds = pydicom.dcmread(path, force=True)
+    if "Rows" not in ds and "SOPClassUID" not in ds:
+        raise ImageLoadError(f"{path} is not a DICOM file (no DICOM header): check or rename it.")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageLoadError(
-            f"DICOM {path} has no pixel data (a report, presentation state or DICOMDIR?). "
-            "Open one of the image files of the series instead."
-        )
+        raise ImageLoadError(f"DICOM {path} has no pixel data: open one of its image files.")
     check_pixel_count(path, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
     frames = int(ds.get("NumberOfFrames") or 1)
     frame = _index(path, "frame", frame, frames // 2, frames, "frame(s)")
@@ -150,16 +137,26 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
         )
     ds.PhotometricInterpretation = photometric  # pydicom's decoders want the exact spelling
     colour = not photometric.startswith("MONOCHROME")
+    _reject(path, f"a colour image, {photometric}", window=window if colour else None)
+    try:
+        pixels = pixel_array(ds, index=frame)  # YBR is converted to RGB
+    except Exception as err:  # a missing decoder is explained here, corrupt data by load_image
+        message = " ".join(str(err).split())
+        if "dependenc" not in message and not isinstance(err, NotImplementedError):
+            raise
+        name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown")
+        plugin = next((p for k, p in CODECS.items() if k in name), "")
+        install = f"pylibjpeg {plugin} (or python-gdcm)" if plugin else "python-gdcm"
+        raise ImageLoadError(
+            f"DICOM {path} is compressed ({name}) and no decoder for it is installed: pip "
+            f"install {install}, or convert it to uncompressed DICOM. pydicom said: {message}"
+        ) from None
     if colour:
-        _reject(path, f"a colour image, {photometric}", window=window)
-    pixels = _decode(ds, frame, path)  # YBR is converted to RGB
-    if colour:
-        bits = ds.get("BitsStored") or 8
+        bits = int(ds.get("BitsStored") or 8)
         if photometric == "PALETTE COLOR":
             pixels, bits = apply_color_lut(pixels, ds), ds.RedPaletteColorLookupTableDescriptor[2]
-        if pixels.dtype != np.uint8:
-            pixels = linear_to_uint8(pixels, 0.0, 2.0 ** int(bits) - 1)
-        return array_to_image(pixels, name=str(path))
+        rgb = pixels if pixels.dtype == np.uint8 else linear_to_uint8(pixels, 0, 2.0**bits - 1)
+        return array_to_image(rgb, name=str(path))
     _lift_frame_values(ds, frame)
     values = apply_modality_lut(pixels, ds).astype(np.float64)  # e.g. HU
     if bounds is None and ds.get("VOILUTSequence"):
@@ -174,43 +171,14 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
     return array_to_image(255 - grey if photometric == "MONOCHROME1" else grey, name=str(path))
 
 
-def _read_dicom(path: Path) -> Any:
-    with warnings.catch_warnings():  # force: also a bare dataset without the 128-byte preamble
-        warnings.simplefilter("ignore")  # (and a file that is not DICOM warns)
-        ds = pydicom.dcmread(path, force=True)
-    if "Rows" in ds or "SOPClassUID" in ds:
-        return ds
-    raise ImageLoadError(f"{path} is not a DICOM file (no DICOM header): check or rename it.")
-
-
-def _decode(ds: Any, frame: int, path: Path) -> np.ndarray:  # a missing decoder explained
-    try:
-        return pixel_array(ds, index=frame)
-    except Exception as err:
-        message = " ".join(str(err).split())
-        if "dependenc" not in message and not isinstance(err, NotImplementedError):
-            raise  # corrupt data: reported by load_image
-        name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown")
-        plugin = next((p for k, p in CODECS.items() if k in name), "")
-        install = f"pylibjpeg {plugin} (or python-gdcm)" if plugin else "python-gdcm"
-        raise ImageLoadError(
-            f"DICOM {path} is compressed ({name}) and no decoder for it is installed: pip "
-            f"install {install}, or convert it to uncompressed DICOM. pydicom said: {message}"
-        ) from None
-
-
 def _lift_frame_values(ds: Any, frame: int) -> None:
     """Enhanced multi-frame: the frame's rescale and window, to the top where pydicom looks."""
-    found: dict[str, Any] = {}
-    for groups, index in (("SharedFunctionalGroupsSequence", 0),
-                          ("PerFrameFunctionalGroupsSequence", frame)):  # fmt: skip
-        items = ds.get(groups) or []
-        for macro in items[index] if index < len(items) else []:
-            for item in macro.value if macro.VR == "SQ" else []:
-                found.update({e.keyword: e for e in item if e.keyword in FRAME_VALUES})
-    for keyword, element in found.items():
-        if keyword not in ds:
-            ds[element.tag] = element
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    for group in [*per_frame[frame : frame + 1], *shared[:1]]:  # the frame's own values first
+        for macro in (m for m in group if m.VR == "SQ"):
+            for element in (e for item in macro.value for e in item if e.keyword in FRAME_VALUES):
+                ds.setdefault(element.tag, element)  # values at the top are kept
 
 
 def _load_nifti(path: Path, bounds: Any, frame: Any, slice_index: Any, axis: int) -> Image.Image:
@@ -219,10 +187,7 @@ def _load_nifti(path: Path, bounds: Any, frame: Any, slice_index: Any, axis: int
     except nib.filebasedimages.ImageFileError as err:
         raise ImageLoadError(f"{path} is not a NIfTI file ({err}): check or rename it.") from None
     if 0 in img.shape or img.ndim > 4:
-        raise ImageLoadError(
-            f"NIfTI {path} has shape {img.shape}: pass a 2-D, 3-D or 4-D image with voxels, or "
-            "one slice as a numpy array."
-        )
+        raise ImageLoadError(f"NIfTI {path} has shape {img.shape}: pass 2-D, 3-D or 4-D voxels.")
     index: list[Any] = [slice(None)] * img.ndim
     if img.ndim == 2:
         _reject(path, "2-D", frame=frame, slice_index=slice_index, axis=None if axis == 2 else axis)

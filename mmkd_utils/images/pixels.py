@@ -1,12 +1,8 @@
-"""Numpy arrays and PIL images as 8-bit RGB, and ordinary image files opened with Pillow.
-
-16-bit and float images are rescaled to 0..255: ``convert("RGB")`` would clip them at 255.
-"""
+"""Numpy arrays and PIL images as 8-bit RGB, and ordinary image files opened with Pillow."""
 
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 from pathlib import Path
 
@@ -34,7 +30,7 @@ def check_file(path: str | bytes | os.PathLike) -> Path:
     except OSError as err:  # missing, name too long, permission denied, I/O error
         why = "does not exist" if isinstance(err, FileNotFoundError) else f"cannot be read ({err})"
         raise ImageLoadError(f"Image {path} {why}: check the file name and folder.") from None
-    if stat.S_ISDIR(st.st_mode):
+    if path.is_dir():
         raise ImageLoadError(f"Image {path} is a folder: pass the image files in it instead.")
     if st.st_size == 0:
         raise ImageLoadError(f"Image {path} is empty (0 bytes): download or export it again.")
@@ -62,21 +58,20 @@ def open_image(path: str | bytes | os.PathLike) -> Image.Image:
     path = check_file(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # above the limit
             with Image.open(path) as img:
-                check_pixel_count(path, *img.size)
                 img.load()
                 return img.copy() if getattr(img, "n_frames", 1) > 1 else img
-    except (ImageLoadError, MemoryError):
+    except MemoryError:
         raise
-    except Image.DecompressionBombError as err:  # above twice the limit: Pillow refuses it
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise ImageLoadError(TOO_LARGE.format(path, err)) from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path} is not an image Pillow reads: convert it to PNG.") from None
     except Exception as err:  # Pillow's plugins raise many types for malformed files
         raise ImageLoadError(
             f"Image {path} could not be decoded ({type(err).__name__}: {err}); it may be "
-            "truncated or corrupt: download or export it again, or convert it to PNG."
+            "truncated or corrupt: download or export it again."
         ) from None
 
 
@@ -114,8 +109,7 @@ def array_to_image(array: np.ndarray, name: str = "array") -> Image.Image:
         (0, 255)
     """
     arr = np.asarray(array)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
+    arr = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
     if arr.size == 0 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         hint = " If it is channels-first, use np.moveaxis(array, 0, -1)." * (arr.ndim == 3)
         raise ImageLoadError(
@@ -127,8 +121,7 @@ def array_to_image(array: np.ndarray, name: str = "array") -> Image.Image:
     elif not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise ImageLoadError(f"{name} has dtype {arr.dtype}; pass a real-valued numeric array.")
     arr = arr[..., :3] if arr.ndim == 3 else arr  # alpha dropped, as in the published demo
-    if arr.dtype != np.uint8:
-        arr = linear_to_uint8(arr)
+    arr = arr if arr.dtype == np.uint8 else linear_to_uint8(arr)
     return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
 
 
@@ -142,16 +135,13 @@ def pil_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise ImageLoadError(f"{name} has size {image.size}, no pixels: pass a non-empty image.")
     try:
-        if image.mode == "RGB":
-            image.load()  # a lazily opened image decodes here, not in the model's transform
-            return image
         if image.mode[0] in "IF":  # I, I;16, I;16B, ..., F: values beyond 8 bits
             return array_to_image(np.asarray(image), name=name)
-        return image.convert("RGB")
+        image.load()  # a lazily opened image decodes here, not in the model's transform
+        return image if image.mode == "RGB" else image.convert("RGB")
     except ImageLoadError:
         raise
     except Exception as err:  # decoding a lazily opened file, or an exotic mode
         raise ImageLoadError(
-            f"{name} (PIL mode {image.mode!r}) could not be converted to RGB ({err}). Convert "
-            "it to RGB yourself first."
+            f"{name} (PIL mode {image.mode!r}) could not be converted to RGB ({err}): do it first."
         ) from None

@@ -1,12 +1,4 @@
-"""Few-shot linear probes on frozen embeddings: how accuracy grows with labelled examples.
-
-Per shot count ``k`` and seed, :func:`linear_probe` draws ``k`` examples per class
-(:func:`sample_shots`; ``"all"``: all, once), chooses ``C`` with ``LogisticRegressionCV``
-(accuracy over ``StratifiedKFold(min(cv, smallest class))``, ties to the smallest ``C``;
-:data:`DEFAULT_C` if a class has one example), fits ``LogisticRegression(C=C)`` on them and
-scores it on the test set (float64, one BLAS thread). Plotted by
-:func:`mmkd_utils.plotting.plot_probe_curve` in notebook 05.
-"""
+"""Few-shot linear probes on frozen embeddings: how accuracy grows with labelled examples."""
 
 from __future__ import annotations
 
@@ -53,13 +45,12 @@ class ProbeResult:
     notes: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
-        parts = [
+        parts = ", ".join(
             f"{'all' if r.shots == 'all' else f'{r.shots}-shot'} {r.mean_accuracy:.3f}"
             + (f" ± {r.std:.3f}" if r.runs > 1 else "")
             for r in self.summary.itertuples(index=False)
-        ]
-        n = len(self.classes)
-        return f"ProbeResult({n} classes, {self.n_test} test embeddings: {', '.join(parts)})"
+        )
+        return f"ProbeResult({len(self.classes)} classes, {self.n_test} test embeddings: {parts})"
 
 
 def _side(embeddings: Any, labels: Any, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -72,10 +63,7 @@ def _side(embeddings: Any, labels: Any, side: str) -> tuple[np.ndarray, np.ndarr
     if x.ndim != 2 or 0 in x.shape:
         raise ProbeError(f"{name} must be non-empty 2-D embeddings [N, D], not {x.shape}.")
     if (bad := np.flatnonzero(~np.isfinite(x).all(axis=1))).size:
-        raise ProbeError(
-            f"{name} has non-finite values (NaN or inf) in {bad.size} row(s), the first being "
-            f"row {bad[0]}; re-compute or drop those rows."
-        )
+        raise ProbeError(f"{name} has non-finite values in row {bad[0]}: re-compute or drop it.")
     labels = getattr(embeddings, "labels", None) if labels is None else labels
     if labels is None or isinstance(labels, str):
         what = "one string" if labels else "None (and the embeddings have no .labels)"
@@ -83,14 +71,10 @@ def _side(embeddings: Any, labels: Any, side: str) -> tuple[np.ndarray, np.ndarr
     y = pd.Series(list(getattr(labels, "tolist", lambda: labels)()), dtype=object).to_numpy()
     if len(y) != len(x):
         raise ProbeError(
-            f"{side}_labels has {len(y)} entries but {name} has {len(x)} rows: pass one label "
-            "per embedding, in the same order."
+            f"{side}_labels has {len(y)} entries but {name} has {len(x)} rows: pass one per row."
         )
-    if None in y:
-        raise ProbeError(
-            f"{side}_labels has {sum(v is None for v in y)} missing label(s) (None): drop the "
-            "unlabelled embeddings first."
-        )
+    if missing := sum(v is None for v in y):
+        raise ProbeError(f"{side}_labels has {missing} missing (None): drop those embeddings.")
     try:
         np.unique(y)
     except TypeError:
@@ -99,28 +83,16 @@ def _side(embeddings: Any, labels: Any, side: str) -> tuple[np.ndarray, np.ndarr
     return x, y
 
 
-def _whole(value: Any, least: int) -> bool:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    return ok and value >= least
-
-
-def _check(name: str, values: Any, ok: Any, hint: str) -> list:
-    values = [values] if isinstance(values, (str, numbers.Integral)) else list(values)
-    if not values or not all(map(ok, values)):
-        empty = f"{name} is empty" if not values else f"{name}={values!r}"
-        raise ProbeError(f"{empty}: pass {hint}.")
-    return list(dict.fromkeys(v if v == "all" else int(v) for v in values))
-
-
-def _settings(shots: Any, seeds: Any, cs: Any, cv: Any) -> tuple[list, list, list, int]:
-    shots = _check("shots", shots, lambda s: s == "all" or _whole(s, 1), "e.g. (1, 4, 'all')")
-    seeds = _check("seeds", seeds, lambda s: _whole(s, 0), "whole numbers >= 0, e.g. (0, 1, 2)")
-    c = np.atleast_1d(np.asarray(DEFAULT_CS if cs is None else cs, dtype=np.float64))
-    if c.ndim != 1 or not c.size or not (np.isfinite(c) & (c > 0)).all():
-        raise ProbeError(f"Cs={cs!r}: pass positive finite C values, e.g. np.logspace(-3, 3, 7).")
-    if cv is not None and not _whole(cv, 2):
-        raise ProbeError(f"cv={cv!r}: pass the largest number of folds (2 or more), or None.")
-    return shots, seeds, sorted(set(c.tolist())), cv or DEFAULT_FOLDS
+def _whole(name: str, values: Any, least: int, hint: str, also: Any = None) -> list:
+    """Distinct whole numbers >= ``least`` (or ``also``) from one value or a sequence."""
+    given = values
+    values = [values] if isinstance(values, str) or not np.iterable(values) else list(values)
+    for v in values:
+        if v != also and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least):
+            raise ProbeError(f"{name}={given!r}: {hint}.")
+    if not values:
+        raise ProbeError(f"{name} is empty: {hint}.")
+    return list(dict.fromkeys(v if v == also else int(v) for v in values))
 
 
 def sample_shots(labels: Sequence[Any] | np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -137,8 +109,8 @@ def sample_shots(labels: Sequence[Any] | np.ndarray, k: int, seed: int) -> np.nd
 
 
 def _choose_c(x: np.ndarray, y: np.ndarray, cs: list[float], cv: int) -> tuple[float, int]:
-    folds = min(cv, int(np.unique(y, return_counts=True)[1].min()))
-    if len(cs) == 1 or folds < 2:
+    folds = min(cv, int(np.bincount(y).min())) if len(cs) > 1 else 0
+    if folds < 2:
         return (cs[0] if len(cs) == 1 else DEFAULT_C), 0
     search = LogisticRegressionCV(
         Cs=cs, cv=StratifiedKFold(folds), scoring="accuracy", max_iter=MAX_ITER
@@ -157,9 +129,10 @@ def linear_probe(
     Cs: Sequence[float] | None = None,  # noqa: N803 (scikit-learn's name)
     cv: int | None = None,
 ) -> ProbeResult:
-    """Few-shot logistic-regression probes on [N, D] embeddings (tensors, arrays or
-    ``embed_folder`` results, whose ``.labels`` are used when labels are None), scored on the
-    test set. ``Cs`` with one value skips cross-validation; ``cv`` caps the folds (5).
+    """Per shot count and seed: ``k`` examples per class (:func:`sample_shots`), ``C`` chosen by
+    ``LogisticRegressionCV`` (accuracy, ``StratifiedKFold(min(cv=5, smallest class))``; no search
+    for one ``Cs`` value, :data:`DEFAULT_C` for a 1-example class), a ``LogisticRegression`` scored
+    on the test set. Embeddings: tensors, arrays or ``embed_folder`` results (with ``.labels``).
 
     Example:
         >>> y = np.repeat(["a", "b"], 20)
@@ -177,15 +150,17 @@ def linear_probe(
     classes, y_train, counts = np.unique(y_train, return_inverse=True, return_counts=True)
     if classes.size < 2:
         raise ProbeError(f"train_labels has only class {classes[0]!r}; need at least 2 classes.")
-    code = {c: i for i, c in enumerate(classes.tolist())}
-    unseen = [c for c in np.unique(y_test).tolist() if c not in code]
+    unseen = ", ".join(repr(c) for c in np.unique(y_test).tolist() if c not in classes.tolist())
     if unseen:
-        raise ProbeError(
-            f"test_labels has classes that are not in train_labels: {', '.join(map(repr, unseen))}"
-            f". Training has {', '.join(map(repr, classes))}; drop or relabel those embeddings."
-        )
-    y_test = np.array([code[c] for c in y_test.tolist()])
-    shot_list, seed_list, cs, cv = _settings(shots, seeds, Cs, cv)
+        raise ProbeError(f"test_labels has classes not in train_labels: {unseen}; drop them.")
+    y_test = np.searchsorted(classes, y_test)
+    shot_list = _whole("shots", shots, 1, "pass whole numbers >= 1 or 'all'", also="all")
+    seed_list = _whole("seeds", seeds, 0, "pass whole numbers >= 0, e.g. (0, 1, 2)")
+    grid = np.atleast_1d(np.asarray(DEFAULT_CS if Cs is None else Cs, dtype=np.float64))
+    if grid.ndim != 1 or not grid.size or not (np.isfinite(grid) & (grid > 0)).all():
+        raise ProbeError(f"Cs={Cs!r}: pass positive finite C values, e.g. np.logspace(-3, 3, 7).")
+    cs = sorted(set(grid.tolist()))
+    folds = _whole("cv", DEFAULT_FOLDS if cv is None else cv, 2, "pass 2 or more, or None")[0]
 
     notes, rows, unconverged = [], [], 0
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
@@ -193,28 +168,21 @@ def linear_probe(
         warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
         for k in shot_list:
             if k != "all" and (counts < k).any():
-                few = [f"{c!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < k]
-                notes.append(
-                    f"{k}-shot: class(es) {', '.join(few)} have fewer than {k} training "
-                    "examples and used all of them (see n_train)."
-                )
+                few = ", ".join(f"{classes[i]!r} ({counts[i]})" for i in np.flatnonzero(counts < k))
+                why = f"have fewer than {k} training examples and used all of them (see n_train)"
+                notes.append(f"{k}-shot: class(es) {few} {why}.")
             for seed in [None] if k == "all" else seed_list:
                 idx = np.arange(len(y_train)) if k == "all" else sample_shots(y_train, k, seed)
-                c, folds = _choose_c(x_train[idx], y_train[idx], cs, cv)
+                c, n_folds = _choose_c(x_train[idx], y_train[idx], cs, folds)
                 clf = LogisticRegression(C=c, max_iter=MAX_ITER).fit(x_train[idx], y_train[idx])
                 unconverged += int(clf.n_iter_.max() >= MAX_ITER)
                 accuracy = float(np.mean(clf.predict(x_test) == y_test))
-                rows.append((k, seed, idx.size, c, folds, accuracy))
-    defaulted = list(dict.fromkeys(str(r[0]) for r in rows if r[4] == 0))
-    if len(cs) > 1 and defaulted:
-        notes.append(
-            f"C could not be cross-validated for shots {', '.join(defaulted)} (a class with one "
-            f"training example); those runs used the default C = {DEFAULT_C} (cv_folds 0)."
-        )
+                rows.append((k, seed, idx.size, c, n_folds, accuracy))
+    if len(cs) > 1 and (defaulted := ", ".join(dict.fromkeys(str(r[0]) for r in rows if not r[4]))):
+        notes.append(f"For shots {defaulted} (a 1-example class) C is the default {DEFAULT_C}.")
     if unconverged:
         notes.append(f"{unconverged} fit(s) stopped at max_iter={MAX_ITER} before converging.")
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).astype({"shots": object})
-    table["seed"] = table["seed"].astype("Int64")
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS).astype({"shots": object, "seed": "Int64"})
     summary = table.groupby("shots", sort=False)["accuracy"]
     summary = summary.agg(mean_accuracy="mean", std=lambda a: a.std(ddof=0), runs="size")
     return ProbeResult(table, summary.reset_index(), tuple(classes.tolist()), len(x_test), notes)

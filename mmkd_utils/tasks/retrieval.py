@@ -1,9 +1,4 @@
-"""Search image embeddings with texts, images or embeddings: cosine similarity, top k.
-
-The index is an :func:`~mmkd_utils.tasks.embeddings.embed_folder` result or any [N, D]
-tensor or array. Strings are always texts: pass an image file as a :class:`pathlib.Path`.
-Introduced in ``notebooks/05_retrieval_and_linear_probe.ipynb``.
-"""
+"""Search image embeddings with texts, images or embeddings: cosine similarity, top k."""
 
 from __future__ import annotations
 
@@ -32,32 +27,24 @@ def _matrix(values: Any, name: str) -> torch.Tensor:
     t = getattr(values, "embeddings", values)
     t = torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t
     if not torch.is_tensor(t) or t.dtype.is_complex or t.dtype == torch.bool:
-        raise RetrievalError(
-            f"{name} must be embeddings (a torch tensor or numpy array [N, D] of real numbers, "
-            f"or an embed_folder result), not {type(t).__name__}."
-        )
+        what = getattr(t, "dtype", type(t).__name__)
+        raise RetrievalError(f"{name} must be embeddings [N, D] of real numbers, not {what}.")
     t = t.detach().cpu()[None] if t.ndim == 1 else t.detach().cpu()
     if t.ndim != 2 or 0 in t.shape:
-        problem = f"is empty (shape {tuple(t.shape)})" if t.ndim == 2 else "must be 2-D"
+        problem = "is empty" if t.ndim == 2 else "must be 2-D"
         raise RetrievalError(f"{name} {problem}: pass embeddings [N, D], not {tuple(t.shape)}.")
     t = t if t.dtype == torch.float64 else t.float()
-    nonfinite, zero = ~torch.isfinite(t).all(1), t.norm(dim=1) == 0
-    for bad, what in ((nonfinite, "non-finite values (NaN or inf)"), (zero, "all-zero rows")):
+    for bad, what in ((~torch.isfinite(t).all(1), "non-finite"), (t.norm(dim=1) == 0, "all-zero")):
         if bad.any():
-            rows = torch.nonzero(bad).flatten().tolist()
-            raise RetrievalError(
-                f"{name} has {what} in {len(rows)} row(s), the first being row {rows[0]}; "
-                "re-compute those embeddings."
-            )
+            first = int(torch.nonzero(bad)[0])
+            raise RetrievalError(f"{name} has {what} rows, first row {first}: re-compute them.")
     return t
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> torch.Tensor:
     if a.shape[1] != b.shape[1]:
-        raise RetrievalError(
-            f"{name_a} has {a.shape[1]}-d embeddings but {name_b} has {b.shape[1]}-d "
-            "embeddings: both must come from the same model."
-        )
+        dims = f"{name_a} has {a.shape[1]}-d embeddings but {name_b} has {b.shape[1]}-d"
+        raise RetrievalError(f"{dims}: use one model for both.")
     a, b = (x.to(torch.promote_types(a.dtype, b.dtype)) for x in (a, b))
     return (a / a.norm(dim=1, keepdim=True)) @ (b / b.norm(dim=1, keepdim=True)).T
 
@@ -73,9 +60,9 @@ def similarity_matrix(a: Any, b: Any) -> torch.Tensor:
     return _cosine(_matrix(a, "a"), _matrix(b, "b"), "a", "b")
 
 
-def _index(index: Any, paths: Any) -> tuple[torch.Tensor, list, list]:
-    """Embeddings, one name per row (a path or the row number) and labels ([] if none)."""
-    emb, own = _matrix(index, "index"), getattr(index, "paths", None)
+def _named(values: Any, name: str, paths: Any = None) -> tuple[torch.Tensor, list]:
+    """Embeddings and one name per row: its path (``.paths`` or ``paths``), else its number."""
+    emb, own = _matrix(values, name), getattr(values, "paths", None)
     if own is not None and paths is not None:
         raise RetrievalError("paths= is for a tensor index; this one already has its own paths.")
     if isinstance(paths, (str, os.PathLike)):
@@ -84,17 +71,15 @@ def _index(index: Any, paths: Any) -> tuple[torch.Tensor, list, list]:
     names = list(range(len(emb))) if paths is None else [str(p) for p in paths]
     if len(names) != len(emb):
         raise RetrievalError(
-            f"paths has {len(names)} entries but the index has {len(emb)} rows; pass one per row."
+            f"paths has {len(names)} entries but the {name} has {len(emb)} rows; pass one per row."
         )
-    labels = list(getattr(index, "labels", None) or [])
-    return emb, names, labels if any(label is not None for label in labels) else []
+    return emb, names
 
 
 def _queries(queries: Any, model: Any, dim: int) -> tuple[torch.Tensor, list]:
     """Query embeddings and one name per query (the text, image path or position)."""
     if torch.is_tensor(queries) or isinstance(queries, np.ndarray) or hasattr(queries, "paths"):
-        emb, named = _matrix(queries, "queries"), hasattr(queries, "paths")
-        return emb, [str(p) for p in queries.paths] if named else list(range(len(emb)))
+        return _named(queries, "queries")
     one = isinstance(queries, (str, os.PathLike, Image.Image)) or not isinstance(queries, Iterable)
     items, images = [queries] if one else list(queries), (os.PathLike, Image.Image, np.ndarray)
     kinds = {
@@ -103,22 +88,17 @@ def _queries(queries: Any, model: Any, dim: int) -> tuple[torch.Tensor, list]:
     }
     if kinds not in ({"text"}, {"image"}):
         odd = sorted(kinds - {"text", "image"})
-        what = "mixes texts and images" if kinds == {"text", "image"} else "is empty"
-        what = f"must be texts, images or embeddings, not {odd[0]}" if odd else what
+        what = f"must be texts, images or embeddings, not {odd[0]}" if odd else "is empty"
         raise RetrievalError(
-            f"queries {what}: search with texts (str) or images (pathlib.Path, PIL image, numpy "
-            "array), in separate calls; strings are always texts. Stack embeddings into one "
-            "tensor [Q, D]."
+            f"queries {'mixes texts and images' if len(kinds) == 2 and not odd else what}: pass "
+            "texts (str) or images (Path, PIL, numpy) in separate calls. Stack embeddings [Q, D]."
         )
     kind = kinds.pop()
-    if model is None or getattr(model, "embed_dim", dim) != dim:
-        raise RetrievalError(
-            f"Embedding {kind} queries needs the model that embedded the {dim}-d index: "
-            "pass model=<that MMKDModel>, e.g. search(queries, index, model=clip)."
-            if model is None
-            else f"The model embeds {kind} queries in {model.embed_dim} dimensions but "
-            f"the index has {dim}-d embeddings: both must come from the same model."
-        )
+    if model is None:
+        raise RetrievalError(f"{kind} queries need model=<the MMKDModel of the {dim}-d index>.")
+    if (got := getattr(model, "embed_dim", dim)) != dim:
+        dims = f"The model embeds {kind} queries in {got} dimensions but the index is {dim}-d"
+        raise RetrievalError(f"{dims}: use the model that embedded the index.")
     if kind == "image":
         names = [
             str(q) if isinstance(q, os.PathLike) else getattr(q, "filename", "") or i
@@ -126,11 +106,10 @@ def _queries(queries: Any, model: Any, dim: int) -> tuple[torch.Tensor, list]:
         ]
         return model.encode_images(items), names
     for text in (t for t in items if t.strip().lower().endswith(IMAGE_SUFFIXES)):
-        warnings.warn(
-            f"The query {text!r} is searched as text; to search with that image file, pass "
-            f"pathlib.Path({text!r}).",
-            stacklevel=3,
+        hint = (
+            f"Query {text!r} is searched as text; for that image file pass pathlib.Path({text!r})"
         )
+        warnings.warn(hint, stacklevel=3)
     return model.encode_texts(items), items
 
 
@@ -142,11 +121,10 @@ def search(
     model: Any = None,
     paths: Sequence[str | os.PathLike] | None = None,
 ) -> pd.DataFrame:
-    """The ``k`` index rows most similar (cosine) to each query: one table, in query order.
+    """The ``k`` index rows most similar (cosine) to each query, ties in index order: one table.
 
-    ``queries`` are texts, images (``pathlib.Path``, PIL, numpy; both need ``model``) or
-    embeddings; ``paths`` names the rows of a tensor index. Columns: :data:`SEARCH_COLUMNS`
-    and ``label`` if the index has labels; equal scores keep index order.
+    ``queries``: texts (every str), images (``pathlib.Path``, PIL, numpy; need ``model``) or
+    embeddings. ``paths`` names a tensor index's rows. Columns: :data:`SEARCH_COLUMNS` (+ label).
 
     Example:
         >>> search(torch.tensor([[1.0, 0.2, 0.0]]), torch.eye(3), k=2, paths=["a", "b", "c"])
@@ -156,18 +134,19 @@ def search(
     """
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise RetrievalError(f"k={k!r}: pass a positive whole number of results per query.")
-    index_emb, names, labels = _index(index, paths)
+    index_emb, names = _named(index, "index", paths)
+    labels = list(getattr(index, "labels", None) or [])
+    labels = labels if any(label is not None for label in labels) else []
     query_emb, query_names = _queries(queries, model, index_emb.shape[1])
     sims = _cosine(query_emb, index_emb, "queries", "the index")
-    scores, ids = torch.sort(sims, dim=1, descending=True, stable=True)
     k = min(int(k), len(names))
-    ids = ids[:, :k].flatten().tolist()
+    scores, ids = (t[:, :k].flatten() for t in sims.sort(dim=1, descending=True, stable=True))
     return pd.DataFrame(
         {
             "query": [name for name in query_names for _ in range(k)],
             "rank": np.tile(np.arange(1, k + 1), len(query_names)),
-            "path": [names[i] for i in ids],
-            "score": scores[:, :k].flatten().double().numpy(),
-            **({"label": [labels[i] for i in ids]} if labels else {}),
+            "path": [names[i] for i in ids.tolist()],
+            "score": scores.double().numpy(),
+            **({"label": [labels[i] for i in ids.tolist()]} if labels else {}),
         }
     )
