@@ -257,3 +257,29 @@ def test_errors(data, change, match):
             **args,
         )
     assert isinstance(info.value, MMKDError) and isinstance(info.value, ValueError)
+
+
+def test_groups_keep_the_copies_of_one_original_out_of_each_other_s_folds(monkeypatch):
+    """With groups, C is chosen on folds that never split an original's copies."""
+    import sklearn.linear_model
+
+    rng = np.random.default_rng(0)
+    originals = np.repeat(np.arange(8), 3)  # 8 originals, 3 copies each
+    y = np.where(originals < 4, "a", "b")
+    x = rng.normal(size=(8, 6))[originals] + 0.01 * rng.normal(size=(24, 6))
+    seen = []
+    real_fit = sklearn.linear_model.LogisticRegressionCV.fit
+
+    def spy(self, features, labels, *args, **kwargs):
+        seen.append(self.cv)
+        return real_fit(self, features, labels, *args, **kwargs)
+
+    monkeypatch.setattr(sklearn.linear_model.LogisticRegressionCV, "fit", spy)
+    result = linear_probe(x, y, x, y, shots=("all",), groups=originals)
+    assert result.table["cv_folds"].tolist() == [4]  # 4 originals per class, not 12 rows
+    for train, test in seen[0]:
+        assert not set(originals[train]) & set(originals[test])
+    plain = linear_probe(x, y, x, y, shots=("all",))
+    assert plain.table["cv_folds"].tolist() == [5]
+    with pytest.raises(ProbeError, match="groups"):
+        linear_probe(x, y, x, y, shots=("all",), groups=originals[:-1])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from mmkd_utils.errors import ProbeError
@@ -108,13 +108,14 @@ def sample_shots(labels: Sequence[Any] | np.ndarray, k: int, seed: int) -> np.nd
     return np.concatenate([rng.choice(m, size=min(int(k), m.size), replace=False) for m in members])
 
 
-def _choose_c(x: np.ndarray, y: np.ndarray, cs: list[float], cv: int) -> tuple[float, int]:
-    folds = min(cv, int(np.bincount(y).min())) if len(cs) > 1 else 0
+def _choose_c(x, y, cs: list[float], cv: int, groups=None) -> tuple[float, int]:
+    owners = np.arange(len(y)) if groups is None else groups  # a group: copies of one original
+    folds = min(cv, *(np.unique(owners[y == c]).size for c in np.unique(y))) if len(cs) > 1 else 0
     if folds < 2:
         return (cs[0] if len(cs) == 1 else DEFAULT_C), 0
-    search = LogisticRegressionCV(
-        Cs=cs, cv=StratifiedKFold(folds), scoring="accuracy", max_iter=MAX_ITER
-    )
+    splits = StratifiedKFold(folds) if groups is None else StratifiedGroupKFold(folds)
+    splits = list(splits.split(x, y, groups))
+    search = LogisticRegressionCV(Cs=cs, cv=splits, scoring="accuracy", max_iter=MAX_ITER)
     return float(np.ravel(search.fit(x, y).C_)[0]), folds
 
 
@@ -128,11 +129,14 @@ def linear_probe(
     *,
     Cs: Sequence[float] | None = None,  # noqa: N803 (scikit-learn's name)
     cv: int | None = None,
+    groups: Sequence[Any] | None = None,
 ) -> ProbeResult:
     """Per shot count and seed: ``k`` examples per class (:func:`sample_shots`), ``C`` chosen by
     ``LogisticRegressionCV`` (accuracy, ``StratifiedKFold(min(cv=5, smallest class))``; no search
     for one ``Cs`` value, :data:`DEFAULT_C` for a 1-example class), a ``LogisticRegression`` scored
     on the test set. Embeddings: tensors, arrays or ``embed_folder`` results (with ``.labels``).
+    ``groups``: the original image of each training row (augmented copies share one); the folds
+    that choose ``C`` then keep each group on one side (``StratifiedGroupKFold``), no leakage.
 
     Example:
         >>> y = np.repeat(["a", "b"], 20)
@@ -154,6 +158,8 @@ def linear_probe(
     if unseen:
         raise ProbeError(f"test_labels has classes not in train_labels: {unseen}; drop them.")
     y_test = np.searchsorted(classes, y_test)
+    if groups is not None and len(groups := np.asarray(groups, dtype=object)) != len(y_train):
+        raise ProbeError(f"groups has {len(groups)} entries for {len(y_train)} training rows.")
     shot_list = _whole("shots", shots, 1, "pass whole numbers >= 1 or 'all'", also="all")
     seed_list = _whole("seeds", seeds, 0, "pass whole numbers >= 0, e.g. (0, 1, 2)")
     grid = np.atleast_1d(np.asarray(DEFAULT_CS if Cs is None else Cs, dtype=np.float64))
@@ -173,7 +179,8 @@ def linear_probe(
                 notes.append(f"{k}-shot: class(es) {few} {why}.")
             for seed in [None] if k == "all" else seed_list:
                 idx = np.arange(len(y_train)) if k == "all" else sample_shots(y_train, k, seed)
-                c, n_folds = _choose_c(x_train[idx], y_train[idx], cs, folds)
+                g = None if groups is None else groups[idx]
+                c, n_folds = _choose_c(x_train[idx], y_train[idx], cs, folds, g)
                 clf = LogisticRegression(C=c, max_iter=MAX_ITER).fit(x_train[idx], y_train[idx])
                 unconverged += int(clf.n_iter_.max() >= MAX_ITER)
                 accuracy = float(np.mean(clf.predict(x_test) == y_test))
