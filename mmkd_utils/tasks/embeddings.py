@@ -232,7 +232,9 @@ def embed_folder(
     failed.sort()
     lines = "\n".join(f"  {path}: {reason}" for _, path, reason in failed[:10])
     if not rows:
-        raise ImageLoadError(f"None of the {len(paths)} images under {root} can be read:\n{lines}")
+        raise ImageLoadError(
+            f"None of the {len(paths)} images under {root} can be read; check them:\n{lines}"
+        )
     if failed:
         head = f"Skipped {len(failed)} of {len(paths)} unreadable images; result.skipped has all"
         listed = [(i, str(path), reason) for i, path, reason in failed]
