@@ -1,12 +1,7 @@
-"""The ``mmkd-clip`` command: ``download [--demo-images]`` and ``doctor [--offline] [--verify]``.
-
-An error of the package (:class:`~mmkd_utils.errors.MMKDError`) is printed as
-``error: <message>`` on stderr, without a traceback, and the exit code is 1.
-"""
+"""The ``mmkd-clip`` command; an MMKDError prints ``error: <message>`` (no traceback), exit 1."""
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from mmkd_utils.demo import demo_images
@@ -36,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run ``mmkd-clip`` with the arguments ``argv``; return the exit code.
 
     Example:
@@ -59,8 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"checkpoint: {download_checkpoint(args.to, url=args.url, force=args.force)}")
         if args.demo_images:
             images = demo_images()
-            folders = ", ".join(sorted({str(p.parent) for p in images}))
-            print(f"demo images: {folders} ({len(images)} files)")
+            print(f"demo images: {images[0].parent} ({len(images)} files)")
         return 0
     except MMKDError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -68,7 +62,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (a download resumes on the next run)", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,7 +12,7 @@ from mmkd_utils.errors import DownloadError
 #: Commit of the MMKD-CLIP repository the demo images are taken from.
 DEMO_COMMIT = "36949ae86d57a226863b4bcb59949748b3e30ed5"
 DEMO_BASE_URL = f"https://raw.githubusercontent.com/wangshansong1/MMKD-CLIP/{DEMO_COMMIT}/imgs/"
-#: SHA-256 of the published images, in the order of the demo.
+#: SHA-256 of the published images; its keys, in the demo's order, are DEMO_IMAGE_NAMES.
 DEMO_SHA256: dict[str, str] = {
     "xray.png": "e10293bb0c660305ae8cddb8ccf78c9081c3c6c85772eb753536ebb88df680e8",
     "fundus.jpeg": "4333e862441713c0e2ea3e83db6f071569f2b7d01055b6970eff8176265c6500",
@@ -24,7 +24,6 @@ DEMO_SHA256: dict[str, str] = {
     "dermatology.jpeg": "1d703e2dd90967a31b306cfd5d3e25d4c341b3fb2e638abc247ba541bb19c5dc",
     "oct.jpg": "b03fee4f1e261c985363ab54b1e194357ae5ce952d225a8a7928d958f28886fc",
 }
-#: Image file names, in the order of the published demo.
 DEMO_IMAGE_NAMES: tuple[str, ...] = tuple(DEMO_SHA256)
 #: The prompts of the published demo; prompt ``i`` describes image ``i``.
 DEMO_PROMPTS: tuple[str, ...] = (
@@ -55,10 +54,8 @@ def demo_image_dir() -> Path:
 
 
 def demo_images(folder: PathLike | None = None, *, base_url: str | None = None) -> list[Path]:
-    """The paths of the nine demo images, in the published order; raises DownloadError.
-
-    From ``folder`` (or ``MMKD_DEMO_IMAGES``), warning about files that differ from the published
-    ones; else downloaded from ``base_url`` into :func:`demo_image_dir`, SHA-256 checked.
+    """The nine demo images in the published order: from ``folder`` (or ``MMKD_DEMO_IMAGES``),
+    warning about files that differ, else downloaded into :func:`demo_image_dir`, SHA-256 checked.
 
     Example:
         >>> for name in DEMO_IMAGE_NAMES: _ = (tmp / name).write_bytes(b"stand-in")
@@ -68,22 +65,15 @@ def demo_images(folder: PathLike | None = None, *, base_url: str | None = None) 
     source = "the folder argument" if folder is not None else "MMKD_DEMO_IMAGES"
     local = Path(folder).expanduser() if folder is not None else paths.env_path(source)
     if local is None:
-        base = (base_url or DEMO_BASE_URL).rstrip("/") + "/"
-        return [
-            download_url(base + name, demo_image_dir() / name, sha256=DEMO_SHA256[name])
-            for name in DEMO_IMAGE_NAMES
-        ]
-    instead = "unset MMKD_DEMO_IMAGES" if folder is None else "pass no folder"
-    where = f"The demo image folder {local} ({source})"
-    if not local.is_dir():
-        raise DownloadError(f"{where} does not exist. Create it, or {instead} to download.")
+        base, dest = (base_url or DEMO_BASE_URL).rstrip("/") + "/", demo_image_dir()
+        return [download_url(base + n, dest / n, sha256=h) for n, h in DEMO_SHA256.items()]
     if missing := [name for name in DEMO_IMAGE_NAMES if not (local / name).is_file()]:
+        problem = f"lacks {', '.join(missing)}" if local.is_dir() else "does not exist"
         raise DownloadError(
-            f"{where} lacks {', '.join(missing)}. Put them there (from {DEMO_BASE_URL}), or "
-            f"{instead} to download them."
+            f"The demo image folder {local} ({source}) {problem}: copy the images from "
+            f"{DEMO_BASE_URL}, or drop {source} to download them."
         )
     for path in (found := [local / name for name in DEMO_IMAGE_NAMES]):
         if sha256_file(path) != DEMO_SHA256[path.name]:
-            message = f"{path} is not the published demo image (SHA-256 differs): results differ."
-            warnings.warn(message, UserWarning, stacklevel=2)
+            warnings.warn(f"{path} differs from the published demo image (SHA-256).", stacklevel=2)
     return found

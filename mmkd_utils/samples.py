@@ -1,11 +1,7 @@
 """Real biomedical sample images in the repository's ``imgs/`` folder, so notebooks run offline.
 
-Each PNG is made from a file that ships inside a PyPI package; ``imgs/CREDITS.md`` says
-what each one shows, where it comes from and under which licence, and
-``tools/rebuild_samples.py`` remakes them pixel for pixel. Endoscopy, dermatology and OCT
-have no such source: use :func:`mmkd_utils.demo.demo_images` for those.
-
-Introduced in ``notebooks/02_medical_image_formats.ipynb``.
+Sources and licences: ``imgs/CREDITS.md``. Endoscopy, dermatology and OCT have no sample:
+use :func:`mmkd_utils.demo.demo_images` for those. Introduced in notebook 02.
 """
 
 from __future__ import annotations
@@ -64,25 +60,19 @@ def sample_images(modality: str | None = None) -> list[Path]:
         >>> [p.name for p in sample_images("mri")]
         ['mri_shoulder.png', 'mri_head_sagittal.png']
     """
-    if not IMGS.is_dir():
-        raise SamplesNotFoundError(
-            f"The sample image folder {IMGS} does not exist: mmkd_utils was installed without "
-            "its repository. Clone the tutorial repository and `pip install -e .` from it."
-        )
-    want = None if modality is None else str(modality).lower()
-    chosen = [s for s in SAMPLES if want is None or s.modality.lower() == want]
+    want = str(modality).lower()
+    chosen = [s for s in SAMPLES if modality is None or s.modality.lower() == want]
     if not chosen:
-        missing = want in {m.lower() for m in MISSING_MODALITIES}
-        hint = " No offline sample exists for it: use mmkd_utils.demo.demo_images()." * missing
+        offline = want in {m.lower() for m in MISSING_MODALITIES}
+        hint = " No offline sample exists for it: use mmkd_utils.demo.demo_images()." * offline
         raise UnknownModalityError(
-            f"No sample images of modality {modality!r}; choose one of "
-            f"{', '.join(modalities())}.{hint}"
+            f"No sample images of {modality!r}: choose one of {', '.join(modalities())}.{hint}"
         )
     found = [IMGS / s.file_name for s in chosen]
     if lacking := [p.name for p in found if not p.is_file()]:
         raise SamplesNotFoundError(
-            f"{IMGS} lacks {', '.join(lacking)}: restore them with `git checkout -- imgs` "
-            "(or remake them with tools/rebuild_samples.py)."
+            f"{IMGS} lacks {', '.join(lacking)}: restore them with `git checkout -- imgs`, or "
+            "clone the tutorial repository and `pip install -e .` from it."
         )
     return found
 

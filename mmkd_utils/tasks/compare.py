@@ -1,10 +1,8 @@
 """Several models, the same images and prompts: one table of zero-shot probabilities.
 
-:func:`compare_models` runs each model's own ``zero_shot`` and puts the probabilities side
-by side; :func:`summarize_comparison` keeps one row per image (the plot is
-:func:`mmkd_utils.plotting.plot_model_comparison`). Probabilities of different models are
-not calibrated against each other (each has its own ``logit_scale``): compare what each
-ranks first, not how sure it is. Introduced in ``notebooks/07_compare_models.ipynb``.
+Probabilities of different models are not calibrated against each other (each has its own
+``logit_scale``): compare what each ranks first, not how sure it is. Used in notebook 07;
+the plot is :func:`mmkd_utils.plotting.plot_model_comparison`.
 
 Example:
     >>> table = compare_models({"a": clip, "b": clip}, [xray], ["A chest X-ray.", "A CT."])
@@ -35,32 +33,25 @@ __all__ = ["PROB_PREFIX", "TOP1_PREFIX", "compare_models", "model_columns", "sum
 
 def _named_models(models: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
     """``{name: model}`` from a mapping, or from a list (named by their ``model_name``)."""
-    if isinstance(models, Mapping):
-        named = dict(models)
-    elif isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
+    if isinstance(models, (str, bytes)) or not isinstance(models, (Mapping, Sequence)):
         raise ArgumentTypeError(
-            f"models must be a dict {{name: model}} or a list of models, not "
-            f"{type(models).__name__}; e.g. {{'mmkd-clip-b16': load_model('mmkd-clip-b16')}}."
+            f"models is a {type(models).__name__}: pass a dict {{name: model}} or a list of models."
         )
-    else:
+    if not isinstance(models, Mapping):
         names = [getattr(m, "model_name", None) or f"model_{i}" for i, m in enumerate(models)]
         if len(set(names)) < len(names):
             raise ArgumentError(
-                f"Two models in the list have the same name ({names}); pass a dict "
-                "{name: model} with a different name for each."
+                f"Models share a name ({names}): pass a dict with a different name for each."
             )
-        named = dict(zip(names, models, strict=True))
-    if not named:
+        models = dict(zip(names, models, strict=True))
+    if not models:
         raise ArgumentError("models is empty: pass at least one model.")
-    for name, model in named.items():
+    for name, model in models.items():
         if not isinstance(name, str) or not name.strip():
-            raise ArgumentError(f"Model names must be non-empty strings, got {name!r}.")
+            raise ArgumentError(f"Model name {name!r}: name each model with a non-empty string.")
         if not callable(getattr(model, "zero_shot", None)):
-            raise ArgumentTypeError(
-                f"models[{name!r}] is a {type(model).__name__}, not a model with zero_shot(); "
-                "pass what load_model() returns."
-            )
-    return named
+            raise ArgumentTypeError(f"models[{name!r}] has no zero_shot(): pass a loaded model.")
+    return dict(models)
 
 
 def _image_names(images: Any, image_names: Sequence[str] | None) -> tuple[list, list[str]]:
@@ -91,11 +82,10 @@ def compare_models(
 ) -> pd.DataFrame:
     """Zero-shot probabilities of several models side by side, one row per image × prompt.
 
-    ``models`` is ``{name: model}`` or a list of models (named by ``model_name``);
-    ``prompts`` a list of prompts, or classes each model builds its own classifier of (a
-    task name, ``{class: [synonyms]}``, or class names with ``templates``). Columns:
-    ``image``, ``prompt``, ``p_<model>`` per model (each image's values sum to 1), then per
-    image ``top1_<model>`` and ``agreement`` (every model ranks the same prompt first).
+    ``models``: ``{name: model}`` or a list (named by ``model_name``). ``prompts``: a list of
+    prompts, or a task name, ``{class: [synonyms]}`` or class names with ``templates`` (each
+    model builds its own classifier). Columns: ``image``, ``prompt``, ``p_<model>`` (sums to 1
+    per image), ``top1_<model>`` and ``agreement`` (all models rank the same prompt first).
 
     Example:
         >>> compare_models([clip], [xray, imgs / "ct_head.png"], ["An X-ray.", "A CT."]).shape
@@ -105,8 +95,7 @@ def compare_models(
     items, names = _image_names(images, image_names)
     if isinstance(prompts, ZeroShotClassifier):
         raise PromptError(
-            "A ZeroShotClassifier belongs to the model that built it and cannot be shared; "
-            "pass its task name or its classes (and templates) so that each model builds its own."
+            "A ZeroShotClassifier belongs to the model that built it: pass its task or classes."
         )
     task = isinstance(prompts, (str, Mapping)) or templates is not None
     labels = None if task else check_prompts(prompts)
@@ -117,17 +106,13 @@ def compare_models(
         labels = list(target.class_names) if task else labels
         probs[name] = model.zero_shot(rgb, target).detach().cpu().double().numpy()
 
-    table = pd.MultiIndex.from_product([names, labels], names=["image", "prompt"]).to_frame(
-        index=False
-    )
+    table = pd.DataFrame({"image": np.repeat(names, len(labels)), "prompt": labels * len(names)})
     for name, p in probs.items():
         table[PROB_PREFIX + name] = p.reshape(-1)
-    top1 = {name: np.asarray(labels, dtype=object)[p.argmax(axis=1)] for name, p in probs.items()}
-    for name, firsts in top1.items():
+    for name, p in probs.items():
+        firsts = np.asarray(labels, dtype=object)[p.argmax(axis=1)]
         table[TOP1_PREFIX + name] = np.repeat(firsts, len(labels))
-    agree = [len(set(firsts)) == 1 for firsts in zip(*top1.values(), strict=True)]
-    table["agreement"] = np.repeat(agree, len(labels))
-    table.attrs["models"] = list(named)
+    table["agreement"] = table[[TOP1_PREFIX + name for name in probs]].nunique(axis=1) == 1
     return table
 
 
@@ -141,16 +126,12 @@ def model_columns(table: pd.DataFrame) -> list[str]:
     columns = [str(c) for c in getattr(table, "columns", ())]
     models = [c[len(PROB_PREFIX) :] for c in columns if c.startswith(PROB_PREFIX)]
     if not models or not {"image", "prompt"} <= set(columns):
-        raise ArgumentError(
-            "table must be what compare_models() returned: columns 'image', 'prompt' and "
-            f"one 'p_<model>' per model, not {columns}."
-        )
+        raise ArgumentError(f"table has the columns {columns}: pass what compare_models() returns.")
     return models
 
 
 def summarize_comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per image (the index): ``top1_<model>`` and ``p_top1_<model>`` (its
-    probability) for every model, then ``agreement``.
+    """One row per image: ``top1_<model>``, ``p_top1_<model>`` (its probability), ``agreement``.
 
     Example:
         >>> table = compare_models({"a": clip}, [xray], ["A chest X-ray.", "A CT."])

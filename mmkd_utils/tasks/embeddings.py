@@ -1,13 +1,8 @@
 """Embed every image of a folder once: :func:`embed_folder` and its on-disk cache.
 
-Images go through the one pipeline (:func:`mmkd_utils.images.pipeline.image_batches`);
-each embedding is cached under the SHA-256 of the file's bytes, one folder per model::
-
-    <MMKD_HOME>/embeddings/<fingerprint[:16]>/<sha[:2]>/<sha>.npy   (float32 [D])
-
-A second run decodes nothing and runs no forward pass; a changed file is embedded again;
-an interrupted run resumes. Entries are written atomically (a temporary file, then
-:func:`os.replace`); an unreadable one is embedded again. Used in notebook 04.
+Each embedding is written atomically under the SHA-256 of the file's bytes, one folder per
+model: ``<MMKD_HOME>/embeddings/<fingerprint[:16]>/<sha[:2]>/<sha>.npy`` (float32 [D]). A warm
+run decodes nothing; changed files and unreadable entries are embedded again. Notebook 04.
 
 Example:
     >>> emb = embed_folder(clip, imgs, pattern="ct_*.png")
@@ -21,7 +16,6 @@ import contextlib
 import os
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.concurrent import thread_map
 
 from mmkd_utils.config import cache_dir
 from mmkd_utils.download import sha256_file
@@ -41,7 +36,6 @@ __all__ = ["IMAGE_SUFFIXES", "FolderEmbeddings", "cache_folder", "embed_folder"]
 #: Image endings (any case): torchvision's IMG_EXTENSIONS (slow to import), GIF, DICOM, NIfTI.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGE_SUFFIXES += (".gif", ".dcm", ".dicom", ".nii", ".nii.gz")
-_WARN_LINES = 10  # failures listed in a message before "... and N more"
 
 
 @dataclass(eq=False, repr=False)
@@ -90,42 +84,30 @@ class FolderEmbeddings:
 def _find_images(root: Path, pattern: str | None) -> list[Path]:
     """The images under ``root`` (matching ``pattern``), sorted; hidden ones ignored."""
     if not root.is_dir():
-        raise ImageLoadError(
-            f"{root} is a file, not a folder: pass the folder that holds the images (or use "
-            "model.encode_images for single files)."
-            if root.exists()
-            else f"The image folder {root} does not exist: check the path (relative paths "
-            f"start from {Path.cwd()})."
-        )
+        problem = "is a file, not a folder" if root.exists() else "does not exist: check the path"
+        raise ImageLoadError(f"{root} {problem} (from {Path.cwd()}); pass the image folder.")
+    try:
+        wanted = None if pattern is None else set(root.glob(pattern))
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise ArgumentError(
+            f"pattern={pattern!r} ({err}): pass a glob below {root}, e.g. '**/*.png', or None."
+        ) from None
     found = []
     for top, folders, files in os.walk(root):
         folders[:] = [f for f in folders if not f.startswith(".")]
         found += [Path(top, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
-    found = [p for p in found if not p.name.startswith(".")]
-    if pattern is not None:
-        if not isinstance(pattern, str) or not pattern:
-            raise ArgumentError(f"pattern={pattern!r}: pass a glob such as '**/*.png', or None.")
-        try:
-            wanted = set(root.glob(pattern))
-        except (ValueError, NotImplementedError) as err:
-            raise ArgumentError(
-                f"pattern={pattern!r} is not a usable glob relative to {root} ({err}); use "
-                "e.g. '**/*.png' (any depth) or '*/*.dcm' (one folder down)."
-            ) from None
-        found = [p for p in found if p in wanted]
+    found = [p for p in found if not p.name.startswith(".") and (wanted is None or p in wanted)]
     if not found:
         matching = "" if pattern is None else f" matching {pattern!r}"
         raise ImageLoadError(
-            f"No image files{matching} under {root} (hidden files are ignored; images end in "
-            f"{', '.join(IMAGE_SUFFIXES)}). Check the folder"
-            + (" and the pattern." if pattern else ".")
+            f"No image files{matching} under {root} (hidden ones are ignored; images end in "
+            f"{', '.join(IMAGE_SUFFIXES)}). Check the folder and the pattern."
         )
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def cache_folder(model: Any, cache: bool | str | os.PathLike = True) -> Path | None:
-    """The folder :func:`embed_folder` keeps ``model``'s embeddings in (None: no cache):
-    ``cache_dir()/embeddings`` (or the folder ``cache``) / the model's fingerprint[:16].
+    """Where :func:`embed_folder` keeps ``model``'s embeddings; ``cache``: True, False or a folder.
 
     Example:
         >>> cache_folder(clip).parent.name, cache_folder(clip, cache=False)
@@ -158,7 +140,8 @@ def _read_entry(folder: Path, key: str, dim: int) -> np.ndarray | None:
 
 
 def _write(folder: Path, key: str, vec: np.ndarray) -> OSError | None:
-    """Write one entry atomically (a temporary file, then os.replace); the error if it failed."""
+    """Write one entry atomically (a temporary file, then os.replace); the error if it failed
+    and no other run wrote the same entry at the same moment (Windows)."""
     target = folder / key[:2] / f"{key}.npy"
     tmp = target.with_name(f".{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -169,7 +152,6 @@ def _write(folder: Path, key: str, vec: np.ndarray) -> OSError | None:
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        # None if another run wrote the same entry at the same moment (Windows).
         return None if _read_entry(folder, key, vec.shape[0]) is not None else err
     return None
 
@@ -186,12 +168,8 @@ def embed_folder(
 ) -> FolderEmbeddings:
     """Embed every image under ``root`` (sub-folders included), using and filling a cache.
 
-    ``pattern`` (a glob below ``root``, e.g. ``"**/*.png"``) narrows the images;
-    ``batch_size`` and ``num_workers`` go to the image pipeline; ``cache`` is as in
-    :func:`cache_folder`. ``on_error="raise"`` stops at the first unreadable image (an
-    :class:`~mmkd_utils.errors.ImageLoadError`); ``"skip"`` leaves it out, lists it in
-    ``result.skipped`` and warns once (:class:`~mmkd_utils.errors.SkippedImagesWarning`).
-    The embeddings equal ``model.encode_images(result.paths)``.
+    ``pattern`` (a glob below ``root``) narrows the images; ``cache`` is as in :func:`cache_folder`;
+    ``on_error="skip"`` leaves unreadable images out (see ``result.skipped``) instead of raising.
 
     Example:
         >>> first = embed_folder(clip, imgs, pattern="ct_*", batch_size=2)
@@ -200,20 +178,16 @@ def embed_folder(
     """
     if on_error not in ("raise", "skip"):
         raise ArgumentError(f"on_error={on_error!r}: use 'raise' or 'skip'.")
-    size = pipeline.check_batch_size(
-        batch_size, getattr(model, "image_batch_size", pipeline.DEFAULT_BATCH_SIZE)
-    )
+    size = pipeline.check_batch_size(batch_size, model.image_batch_size)
     workers, folder = pipeline.check_num_workers(num_workers), cache_folder(model, cache)
     root = Path(root).expanduser()
     paths = _find_images(root, pattern)
 
-    # 1. Look every file up in the cache by its content hash.
+    # 1. Look every file up in the cache by its content hash (threads: hashlib drops the GIL).
     keys: list[str | None] = [None] * len(paths)
     if folder is not None:
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # hashlib drops the GIL
-            hashing = pool.map(_hash, paths)
-            quiet = len(paths) <= 1000 or None
-            keys = list(tqdm(hashing, total=len(paths), desc="Hashing", disable=quiet))
+        quiet = len(paths) <= 1000 or None
+        keys = thread_map(_hash, paths, max_workers=8, desc="Hashing", disable=quiet)
     rows: dict[int, np.ndarray] = {}
     todo: dict[str, list[int]] = {}  # one decode per distinct content (or per unhashed file)
     for i, key in enumerate(keys):
@@ -224,18 +198,19 @@ def embed_folder(
     from_cache, groups, failed = len(rows), list(todo.values()), []
 
     # 2. Decode, preprocess and embed the rest, caching each batch as it completes.
-    firsts, workers = [paths[g[0]] for g in groups], workers if groups else 0
-    pin = model.device.type == "cuda"
     batches = pipeline.image_batches(
-        firsts, model.preprocess, batch_size=size, num_workers=workers, pin_memory=pin
+        [paths[g[0]] for g in groups],
+        model.preprocess,
+        batch_size=size,
+        num_workers=workers if groups else 0,
+        pin_memory=model.device.type == "cuda",
     )
     bar = tqdm(total=len(paths), initial=from_cache, desc="Embedding", unit="image", disable=None)
-    try:
+    with bar, contextlib.closing(batches):  # closing stops the workers, also on an error
         for batch in batches:
             for pos, err in batch.failures:
-                reason = str(err)
-                if str(paths[groups[pos][0]]) not in reason:
-                    reason = f"Image {paths[groups[pos][0]]}: {reason}"
+                path = paths[groups[pos][0]]
+                reason = str(err) if str(path) in str(err) else f"Image {path}: {err}"
                 if on_error == "raise":
                     raise ImageLoadError(f"{reason} Pass on_error='skip' to leave it out.")
                 failed += [(i, paths[i], reason) for i in groups[pos]]
@@ -246,34 +221,24 @@ def embed_folder(
                     key = keys[groups[pos][0]]
                     if folder is not None and key and (err := _write(folder, key, vec)):
                         warnings.warn(
-                            f"Could not write to the embedding cache {folder} ({err}); going on "
-                            "without it, so the next run embeds these images again. Set "
-                            "MMKD_HOME (or cache=<folder>) to a writable folder, or cache=False.",
+                            f"Could not write to the embedding cache {folder} ({err}): set "
+                            "MMKD_HOME (or cache=) to a writable folder, or pass cache=False.",
                             stacklevel=2,
                         )
                         folder = None
             done = batch.indices + [pos for pos, _ in batch.failures]
             bar.update(sum(len(groups[pos]) for pos in done))
-    finally:
-        bar.close()
-        batches.close()  # stop the worker processes now, also on an error
 
     failed.sort()
-    lines = [f"  {path}: {reason}" for _, path, reason in failed[:_WARN_LINES]]
-    lines += [f"  ... and {len(failed) - _WARN_LINES} more"] if len(failed) > _WARN_LINES else []
+    lines = "\n".join(f"  {path}: {reason}" for _, path, reason in failed[:10])
     if not rows:
         raise ImageLoadError(
-            f"None of the {len(paths)} images under {root} could be read:\n" + "\n".join(lines)
+            f"None of the {len(paths)} images under {root} can be read; check them:\n{lines}"
         )
     if failed:
-        warnings.warn(
-            SkippedImagesWarning(
-                f"Skipped {len(failed)} of {len(paths)} images that could not be read; see "
-                "result.skipped:\n" + "\n".join(lines),
-                [(i, str(path), reason) for i, path, reason in failed],
-            ),
-            stacklevel=2,
-        )
+        head = f"Skipped {len(failed)} of {len(paths)} unreadable images; result.skipped has all"
+        listed = [(i, str(path), reason) for i, path, reason in failed]
+        warnings.warn(SkippedImagesWarning(f"{head}:\n{lines}", listed), stacklevel=2)
     kept = [paths[i] for i in sorted(rows)]
     return FolderEmbeddings(
         root=root,
