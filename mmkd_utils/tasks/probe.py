@@ -186,7 +186,8 @@ def linear_probe(
                 accuracy = float(np.mean(clf.predict(x_test) == y_test))
                 rows.append((k, seed, idx.size, c, n_folds, accuracy))
     if len(cs) > 1 and (defaulted := ", ".join(dict.fromkeys(str(r[0]) for r in rows if not r[4]))):
-        notes.append(f"For shots {defaulted} (a 1-example class) C is the default {DEFAULT_C}.")
+        why = "a 1-example class" if groups is None else "a class with 1 example or 1 group"
+        notes.append(f"For shots {defaulted} ({why}) C is the default {DEFAULT_C}.")
     if unconverged:
         notes.append(f"{unconverged} fit(s) stopped at max_iter={MAX_ITER} before converging.")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS).astype({"shots": object, "seed": "Int64"})
