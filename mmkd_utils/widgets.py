@@ -57,15 +57,12 @@ def parse_prompts(text: str) -> list[str]:
 
 def _split_suffix(name: str) -> tuple[str, str]:
     """``("scan", ".nii.gz")`` from ``"scan.nii.gz"``: compression suffixes stay attached."""
-    keep = 2 if name.endswith((".gz", ".bz2", ".xz", ".zst")) else 1
-    suffix = "".join(Path(name).suffixes[-keep:])
-    suffix = suffix if len(suffix) <= 20 else ""  # "report.final version 2" has none
+    suffix = re.search(r"(\.[^.]{1,16})?(\.(gz|bz2|xz|zst))?$", name).group()
     return name[: len(name) - len(suffix)], suffix
 
 
 def safe_file_name(name: Any) -> str:
-    """A file name safe to create in a folder: no folders, no odd characters, no leading dot,
-    at most :data:`MAX_FILE_NAME` bytes; suffixes such as ``.nii.gz`` are kept.
+    """A name safe in any folder: no folder, odd character or leading dot; ≤ MAX_FILE_NAME bytes.
 
     Example:
         >>> safe_file_name("../../etc/my scan.nii.gz"), safe_file_name("..")
@@ -74,12 +71,9 @@ def safe_file_name(name: Any) -> str:
     text = unicodedata.normalize("NFC", name) if isinstance(name, str) else ""
     base = re.sub(r"[^\w.+-]+", "_", re.split(r"[\\/]", text)[-1])
     base = ("upload" + base if base.startswith(".") else base).rstrip(".")
-    base = "upload" if base in {"", "_"} else base
-    if len(base.encode("utf-8")) > MAX_FILE_NAME:
-        stem, suffix = _split_suffix(base)
-        room = MAX_FILE_NAME - len(suffix.encode("utf-8"))
-        base = stem.encode("utf-8")[:room].decode("utf-8", errors="ignore") + suffix
-    return base
+    stem, suffix = _split_suffix("upload" if base in {"", "_"} else base)
+    room = MAX_FILE_NAME - len(suffix.encode("utf-8"))  # cut the stem to fit
+    return stem.encode("utf-8")[:room].decode("utf-8", errors="ignore") + suffix
 
 
 def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
@@ -100,13 +94,13 @@ def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
     if len(items) > 1:
         names = ", ".join(repr(str(item.get("name"))) for item in items[:5])
         raise UploadError(f"{len(items)} files were uploaded ({names}); one file at a time.")
-    name, content = items[0].get("name"), items[0]["content"]
-    if not isinstance(content, (bytes, bytearray, memoryview)):
-        raise UploadError(f"The upload {name!r} has content of type {type(content).__name__}.")
-    data = bytes(content)
+    name, data = items[0].get("name"), items[0]["content"]
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UploadError(f"Upload {name!r}: content of type {type(data).__name__}, not bytes.")
     if not data:
         raise UploadError(f"The upload {name!r} is empty (0 bytes); choose another file.")
     folder = Path(folder)
+    part = folder / f".upload-{os.getpid()}.part"  # written whole, then renamed
     try:
         folder.mkdir(parents=True, exist_ok=True)
         stem, suffix = _split_suffix(safe_file_name(name))
@@ -115,13 +109,10 @@ def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
             n += 1
             target = folder / f"{stem}_{n}{suffix}"
         if not target.exists():
-            part = folder / f".upload-{os.getpid()}.part"  # written whole, then renamed
-            try:
-                part.write_bytes(data)
-                os.replace(part, target)
-            finally:
-                part.unlink(missing_ok=True)
+            part.write_bytes(data)
+            os.replace(part, target)
     except OSError as err:
+        part.unlink(missing_ok=True)
         raise UploadError(f"The upload {name!r} could not be saved in {folder}: {err}") from None
     return target
 
@@ -186,12 +177,11 @@ def bundled_images(*, include_demo: bool = True) -> dict[str, Path]:
     images: dict[str, Path] = {}
     for what, source in [("sample", sample_images), ("demo", demo_images)][: 1 + include_demo]:
         try:
-            paths = source()
+            paths = [Path(path) for path in source()]
         except MMKDError as err:
             warnings.warn(f"The {what} images are not available: {err}", stacklevel=2)
-            continue
-        for path in paths:
-            images.setdefault(Path(path).name, Path(path))
+            paths = []
+        images |= {path.name: path for path in paths if path.name not in images}
     return images
 
 
