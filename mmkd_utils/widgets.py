@@ -12,7 +12,6 @@ import re
 import tempfile
 import unicodedata
 import warnings
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +83,9 @@ def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
         >>> save_upload(({"name": "scans/brain.nii.gz", "content": b"..."},), tmp).name
         'brain.nii.gz'
     """
-    items = [upload_value] if isinstance(upload_value, Mapping) else upload_value
-    sequence = isinstance(items, Sequence) and not isinstance(items, (str, bytes))
-    if not sequence or not all(isinstance(i, Mapping) and "content" in i for i in items):
+    items = [upload_value] if isinstance(upload_value, dict) else upload_value
+    listed = isinstance(items, (list, tuple))  # FileUpload.value: a tuple of dicts
+    if not listed or not all(isinstance(i, dict) and "content" in i for i in items):
         what = type(upload_value).__name__
         raise UploadError(f"Pass FileUpload.value (tuple of dicts), not a {what} without 'content'")
     if not items:
@@ -186,9 +185,8 @@ def bundled_images(*, include_demo: bool = True) -> dict[str, Path]:
 
 
 def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) -> Any:
-    """An ``ipywidgets.VBox``: set ``.value`` of ``image_picker``, ``upload``, ``window``,
-    ``prompts_box`` or ``top_k``, read ``renderer``'s (:func:`render`) result in ``status``,
-    ``output``, ``last_figure``, ``last_message``.
+    """A ``VBox`` whose ``image_picker``, ``upload``, ``window``, ``prompts_box``, ``top_k`` call
+    ``renderer`` (:func:`render`); see ``status``, ``output``, ``last_figure``, ``last_message``.
 
     Example:
         >>> demo = build_demo(clip, bundled_images(include_demo=False), upload_folder=tmp)
