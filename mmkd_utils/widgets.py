@@ -111,7 +111,8 @@ def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
             part.write_bytes(data)
             os.replace(part, target)
     except OSError as err:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
         raise UploadError(f"The upload {name!r} could not be saved in {folder}: {err}") from None
     return target
 
