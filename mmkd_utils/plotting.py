@@ -1,9 +1,4 @@
-"""The notebooks' plots: probability bars, predictions, confusion, maps, heat maps, galleries.
-
-Each returns a :class:`matplotlib.figure.Figure` that pyplot does not manage: nothing is shown
-or left open, and it shows itself in Jupyter when it is the last value of a cell (elsewhere:
-``fig.savefig("out.png")``). Images may be file paths, PIL images or arrays.
-"""
+"""The notebooks' plots: Figures that pyplot does not manage (nothing is left open or shown)."""
 
 from __future__ import annotations
 
@@ -24,17 +19,17 @@ from PIL import Image
 from scipy.ndimage import zoom
 from scipy.special import softmax
 from sklearn.metrics import ConfusionMatrixDisplay
+from sklearn.metrics.pairwise import cosine_similarity
 
 from mmkd_utils.errors import ArgumentError, ImageLoadError, ProbeError, PromptError
 from mmkd_utils.images import to_rgb
 from mmkd_utils.tasks.compare import model_columns
-from mmkd_utils.tasks.maps import EMBEDDING_METHODS, as_matrix, embed_2d
+from mmkd_utils.tasks.maps import EMBEDDING_METHODS, as_floats, embed_2d
 
 #: Labels longer than this many characters are wrapped (heat map columns: 24).
 LABEL_WRAP_WIDTH, COLUMN_WRAP_WIDTH = 40, 24
 #: Largest side, in pixels, of map thumbnails and of gallery images.
 THUMBNAIL_SIZE, GALLERY_IMAGE_SIZE = 32, 384
-BAR_COLOR = "#3b75af"
 
 
 class _Figure(Figure):
@@ -48,35 +43,19 @@ class _Figure(Figure):
 
 def _axes(ax: Any, width: float, height: float) -> tuple[Figure, Any]:
     """``ax`` and its figure, or a new figure of that size with one Axes."""
-    if ax is not None:
-        return ax.figure, ax
-    fig = _Figure(figsize=(width, height), layout="constrained")
-    return fig, fig.add_subplot()
+    fig = _Figure(figsize=(width, height), layout="constrained") if ax is None else ax.figure
+    return fig, fig.add_subplot() if ax is None else ax
 
 
-def _floats(values: Any, ndim: int, name: str = "probs") -> np.ndarray:
-    """``values`` (list, array or tensor) as a finite, non-empty float64 array of ``ndim``
-    dimensions, in [0, 1] when they are ``probs``; else an ArgumentError naming ``name``."""
-    values = values.detach().cpu().double().numpy() if hasattr(values, "detach") else values
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ArgumentError(f"{name} must be numbers (a list, array or tensor): {err}") from None
-    if array.ndim != ndim:
-        hint = "pass one row, e.g. probs[0]" if ndim == 1 else "for one image use probs[None]"
-        raise ArgumentError(f"{name} must be {ndim}-D but has shape {array.shape}; {hint}.")
-    if array.size == 0:
-        raise ArgumentError(f"{name} is empty: {name} has shape {array.shape}.")
-    bad = np.argwhere(~np.isfinite(array)).tolist()
-    if bad:
-        where = bad[0][0] if ndim == 1 else tuple(bad[0])
-        raise ArgumentError(f"{name} holds {len(bad)} non-finite value(s), at index {where}.")
-    if name == "probs" and not -1e-4 <= array.min() <= array.max() <= 1 + 1e-4:
+def _probs(values: Any, ndim: int) -> np.ndarray:
+    """``values`` as :func:`~mmkd_utils.tasks.maps.as_floats` between 0 and 1."""
+    probs = as_floats(values, "probs", ndim)
+    if not -1e-4 <= probs.min() <= probs.max() <= 1 + 1e-4:
         raise ArgumentError(
-            f"probs must hold probabilities between 0 and 1, not {array.min():.4g} to "
-            f"{array.max():.4g}; apply softmax first, e.g. logits.softmax(dim=-1)."
+            f"probs must hold probabilities between 0 and 1, not {probs.min():.4g} to "
+            f"{probs.max():.4g}; apply softmax first, e.g. logits.softmax(dim=-1)."
         )
-    return array
+    return probs
 
 
 def _listed(values: Any, n: int, name: str, what: str, error: type = ArgumentError) -> list:
@@ -110,8 +89,7 @@ def _count(value: Any, name: str) -> int | None:
 
 
 def _pixels(image: Any, name: str, size: int = 0) -> tuple[np.ndarray, dict]:
-    """``(array, imshow keywords)`` of a path, PIL image, array or tensor, at most ``size``
-    pixels a side; gray keeps its brightness. Errors name ``name``."""
+    """``(array, imshow keywords)`` of an image, ≤ ``size`` pixels a side; gray stays gray."""
     try:
         image = to_rgb(image) if isinstance(image, str) or hasattr(image, "__fspath__") else image
     except ImageLoadError as err:
@@ -150,7 +128,7 @@ def plot_probability_bars(probs: Any, labels: Any, top_k: int | None = None, ax=
         >>> [t.get_text() for t in fig.axes[0].texts]
         ['0.900', '0.100']
     """
-    probs = _floats(probs, ndim=1)
+    probs = _probs(probs, ndim=1)
     labels = _labels(labels, len(probs), f"probs has {len(probs)}")
     k = min(_count(top_k, "top_k") or len(probs), len(probs))
     order = np.argsort(-probs, kind="stable")[:k]  # largest first; ties keep their order
@@ -158,7 +136,7 @@ def plot_probability_bars(probs: Any, labels: Any, top_k: int | None = None, ax=
     lines = sum(name.count("\n") + 1 for name in names)
     fig, ax = _axes(ax, 7.0, max(1.8, 0.8 + 0.28 * lines + 0.12 * k))
     ys, values = np.arange(k)[::-1], probs[order].clip(0, 1)  # the largest at the top
-    ax.barh(ys, values, height=0.7, color=BAR_COLOR)
+    ax.barh(ys, values, height=0.7, color="#3b75af")
     for y, p in zip(ys, values, strict=True):
         inside = p > 0.82  # no room on the right: write the value inside the bar
         x, align, colour = (p - 0.01, "right", "white") if inside else (p + 0.01, "left", "black")
@@ -177,7 +155,7 @@ def plot_predictions(images, probs, labels, top_k: int | None = 5, titles=None) 
         >>> len(fig.axes)
         2
     """
-    probs = _floats(probs, ndim=2)
+    probs = _probs(probs, ndim=2)
     n, m = probs.shape
     labels = _labels(labels, m, f"each row of probs has {m}")
     k = min(_count(top_k, "top_k") or m, m)
@@ -195,10 +173,8 @@ def plot_predictions(images, probs, labels, top_k: int | None = 5, titles=None) 
 
 
 def plot_confusion_matrix(confusion, *, normalize=False, ax=None, labels=None) -> Figure:
-    """A confusion matrix (rows true, columns predicted) drawn by sklearn's ConfusionMatrixDisplay.
-
-    ``confusion``: a DataFrame named by class (``EvaluationResult.confusion``, or the result),
-    or square counts with ``labels``; ``normalize``: divide each row by its total.
+    """The confusion matrix (rows true) of an ``EvaluationResult``, of its ``.confusion``, or of
+    square counts with ``labels``; ``normalize`` divides each row by its total.
 
     Example:
         >>> fig = plot_confusion_matrix([[5, 1], [2, 7]], labels=["normal", "pneumonia"])
@@ -206,7 +182,7 @@ def plot_confusion_matrix(confusion, *, normalize=False, ax=None, labels=None) -
         ['5', '1', '2', '7']
     """
     confusion = getattr(confusion, "confusion", confusion)  # an EvaluationResult
-    counts = _floats(confusion, ndim=2, name="confusion")
+    counts = as_floats(confusion, "confusion")
     if counts.shape[0] != counts.shape[1] or (counts < 0).any():
         raise ArgumentError(f"confusion must be square, non-negative counts, not {counts.shape}.")
     if labels is None and not hasattr(confusion, "index"):
@@ -227,10 +203,8 @@ def plot_confusion_matrix(confusion, *, normalize=False, ax=None, labels=None) -
 
 
 def plot_probe_curve(result, zero_shot_accuracy=None, *, ax=None) -> Figure:
-    """Linear-probe accuracy (mean ± std over seeds) against shots per class, log-2 axis.
-
-    ``result``: from :func:`mmkd_utils.tasks.probe.linear_probe`; ``zero_shot_accuracy`` (a
-    number or an ``EvaluationResult``) adds a dashed line.
+    """Accuracy of :func:`~mmkd_utils.tasks.probe.linear_probe` (mean ± std over seeds) against
+    shots per class; ``zero_shot_accuracy`` (a number or ``EvaluationResult``): a dashed line.
 
     Example:
         >>> from types import SimpleNamespace
@@ -282,6 +256,7 @@ def plot_model_comparison(table: pd.DataFrame, *, image: str | int | None = None
     images = images if image is None else [image]
     fig = _Figure(figsize=(9.0, panel * len(images) + 0.5), layout="constrained")
     palette, height = colormaps["tab10"].colors, 0.8 / len(models)
+    verdict = {True: " — top-1 the same for every model", False: " — top-1 differs"}
     panels = fig.subplots(len(images), 1, squeeze=False)[:, 0]
     for ax, name in zip(panels, images, strict=True):
         group = table[table["image"] == name]
@@ -292,7 +267,6 @@ def plot_model_comparison(table: pd.DataFrame, *, image: str | int | None = None
             bars = ax.barh(y, values, 0.9 * height, color=palette[k % 10], label=model)
             bars[int(values.argmax())].set_hatch("//")  # the model's top-1 prompt
         agree = group["agreement"].iloc[0] if "agreement" in group else None
-        verdict = {True: " — top-1 the same for every model", False: " — top-1 differs"}
         title = f"{name}{verdict.get(agree, '')}"
         ax.set_yticks(ys, [_wrap(prompt) for prompt in group["prompt"]], fontsize=9)
         ax.set(xlim=(0, 1), xlabel="probability (hatched: each model's top-1)", title=title)
@@ -314,7 +288,7 @@ def plot_embedding_map(
         >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         ['CT', 'MRI', 'X-ray']
     """
-    array = as_matrix(embeddings, "embeddings")
+    array = as_floats(embeddings, "embeddings")
     n, rows = len(array), f"embeddings has {len(array)} rows"
     names = [None] * n if labels is None else _labels(labels, n, rows, text=False)
     thumbs = [] if thumbnails is None else _listed(thumbnails, n, "thumbnails", rows)
@@ -358,8 +332,8 @@ def plot_similarity_heatmap(
         >>> [t.get_text() for t in fig.axes[0].texts]
         ['1.00', '0.00', '0.60', '0.80']
     """
-    images = as_matrix(image_embeddings, "image_embeddings")
-    texts = as_matrix(text_embeddings, "text_embeddings")
+    images = as_floats(image_embeddings, "image_embeddings")
+    texts = as_floats(text_embeddings, "text_embeddings")
     (n, d), (m, e) = images.shape, texts.shape
     if d != e:
         raise ArgumentError(
@@ -371,13 +345,11 @@ def plot_similarity_heatmap(
         raise ArgumentError("probabilities=True needs logit_scale, e.g. model.logit_scale.")
     if logit_scale is not None and not probabilities:
         raise ArgumentError("logit_scale is only used with probabilities=True.")
-    unit = []
     for name, matrix in (("image_embeddings", images), ("text_embeddings", texts)):
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise ArgumentError(f"{name}[{np.argmin(norms)}] is all zeros: no cosine for it.")
-        unit.append(matrix / norms)
-    values, title = unit[0] @ unit[1].T, "Cosine similarity of images and texts"
+        zero = np.flatnonzero(~matrix.any(axis=1))
+        if len(zero):
+            raise ArgumentError(f"{name}[{zero[0]}] is all zeros, so it has no cosine; drop it.")
+    values, title = cosine_similarity(images, texts), "Cosine similarity of images and texts"
     if probabilities:
         scale = logit_scale.item() if hasattr(logit_scale, "item") else logit_scale
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
@@ -415,7 +387,7 @@ def plot_gallery(results, *, k=None, images_per_row=None, title_column="query") 
     """
     if not isinstance(results, pd.DataFrame):
         raise ArgumentError(
-            f"results must be the pandas DataFrame of search(); got {results!r:.20}"
+            f"results must be the pandas DataFrame of search(), not {results!r:.20}"
         )
     needed = (title_column, "rank", "path", "score")
     missing = ", ".join(repr(c) for c in needed if c not in results)
@@ -424,10 +396,8 @@ def plot_gallery(results, *, k=None, images_per_row=None, title_column="query") 
     if results.empty:
         raise ArgumentError("results is empty: the search returned no images to show.")
     k, per_row = _count(k, "k"), _count(images_per_row, "images_per_row")
-    try:
-        table = results.assign(score=pd.to_numeric(results["score"])).reset_index(drop=True)
-    except (TypeError, ValueError) as err:
-        raise ArgumentError(f"results['score'] must hold numbers: {err}") from None
+    scores = as_floats(results["score"], "results['score']", ndim=1)
+    table = results.assign(score=scores).reset_index(drop=True)
     groups = table.groupby(title_column, sort=False, dropna=False)
     groups = [(query, group.sort_values("rank", kind="stable")[:k]) for query, group in groups]
     cols = min(per_row or len(table), max(len(group) for _, group in groups))

@@ -1,13 +1,9 @@
-"""An interactive zero-shot demo (notebook 06): ipywidgets wired to plain, tested functions.
-
-:func:`parse_prompts` reads the text box, :func:`save_upload` stores an upload, :func:`predict`
-ranks prompts, :func:`render` makes one update (figure and message; bad input is a message);
-:func:`build_demo` only wires widgets (the ``notebooks`` extra) to :func:`render`.
-"""
+"""The zero-shot demo of notebook 06: :func:`build_demo` wires ipywidgets to :func:`render`."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import numbers
@@ -16,7 +12,6 @@ import re
 import tempfile
 import unicodedata
 import warnings
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +25,9 @@ from mmkd_utils.plotting import plot_probability_bars
 from mmkd_utils.prompts import check_prompts
 from mmkd_utils.samples import sample_images
 
-#: Longest file name :func:`safe_file_name` returns, in bytes of UTF-8.
-MAX_FILE_NAME = 120
-#: Value of the window dropdown that means "no window": the file's own display range.
-NO_WINDOW = "none"
-#: Default number of bars in the demo (fewer when there are fewer prompts).
-DEFAULT_TOP_K = 5
+MAX_FILE_NAME = 120  #: Longest file name :func:`safe_file_name` returns, in UTF-8 bytes.
+NO_WINDOW = "none"  #: The window dropdown's "no window": the file's own display range.
+DEFAULT_TOP_K = 5  #: Bars in the demo at first (fewer when there are fewer prompts).
 
 
 class UploadError(ImageLoadError):
@@ -64,16 +56,12 @@ def parse_prompts(text: str) -> list[str]:
 
 def _split_suffix(name: str) -> tuple[str, str]:
     """``("scan", ".nii.gz")`` from ``"scan.nii.gz"``: compression suffixes stay attached."""
-    suffixes = Path(name).suffixes
-    keep = 2 if suffixes[-1:] in ([".gz"], [".bz2"], [".xz"], [".zst"]) else 1
-    suffix = "".join(suffixes[-keep:])
-    suffix = suffix if len(suffix) <= 20 else ""  # "report.final version 2" has none
+    suffix = re.search(r"(\.[^.]{1,16})?(\.(gz|bz2|xz|zst))?$", name).group()
     return name[: len(name) - len(suffix)], suffix
 
 
 def safe_file_name(name: Any) -> str:
-    """A file name safe to create in a folder: no folders, no odd characters, no leading dot,
-    at most :data:`MAX_FILE_NAME` bytes; suffixes such as ``.nii.gz`` are kept.
+    """A name safe in any folder: no folder, odd character or leading dot; ≤ MAX_FILE_NAME bytes.
 
     Example:
         >>> safe_file_name("../../etc/my scan.nii.gz"), safe_file_name("..")
@@ -82,28 +70,22 @@ def safe_file_name(name: Any) -> str:
     text = unicodedata.normalize("NFC", name) if isinstance(name, str) else ""
     base = re.sub(r"[^\w.+-]+", "_", re.split(r"[\\/]", text)[-1])
     base = ("upload" + base if base.startswith(".") else base).rstrip(".")
-    if base in {"", "_", "upload"}:
-        return "upload"
-    if len(base.encode("utf-8")) > MAX_FILE_NAME:
-        stem, suffix = _split_suffix(base)
-        room = MAX_FILE_NAME - len(suffix.encode("utf-8"))
-        base = stem.encode("utf-8")[:room].decode("utf-8", errors="ignore") + suffix
-    return base
+    stem, suffix = _split_suffix("upload" if base in {"", "_"} else base)
+    room = MAX_FILE_NAME - len(suffix.encode("utf-8"))  # cut the stem to fit
+    return stem.encode("utf-8")[:room].decode("utf-8", errors="ignore") + suffix
 
 
 def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
-    """Write the file of a ``FileUpload.value`` (or one of its dicts) into ``folder``.
-
-    The name is made safe (:func:`safe_file_name`); another file of that name gets ``_1``,
-    ``_2``...; the same file again is not copied twice. The write is atomic.
+    """Write the file of a ``FileUpload.value`` (or one dict) atomically into ``folder``, named by
+    :func:`safe_file_name`; another file of that name gets ``_1``, ``_2``...; the same, nothing.
 
     Example:
         >>> save_upload(({"name": "scans/brain.nii.gz", "content": b"..."},), tmp).name
         'brain.nii.gz'
     """
-    items = [upload_value] if isinstance(upload_value, Mapping) else upload_value
-    sequence = isinstance(items, Sequence) and not isinstance(items, (str, bytes))
-    if not sequence or not all(isinstance(i, Mapping) and "content" in i for i in items):
+    items = [upload_value] if isinstance(upload_value, dict) else upload_value
+    listed = isinstance(items, (list, tuple))  # FileUpload.value: a tuple of dicts
+    if not listed or not all(isinstance(i, dict) and "content" in i for i in items):
         what = type(upload_value).__name__
         raise UploadError(f"Pass FileUpload.value (tuple of dicts), not a {what} without 'content'")
     if not items:
@@ -111,13 +93,13 @@ def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
     if len(items) > 1:
         names = ", ".join(repr(str(item.get("name"))) for item in items[:5])
         raise UploadError(f"{len(items)} files were uploaded ({names}); one file at a time.")
-    name, content = items[0].get("name"), items[0]["content"]
-    if not isinstance(content, (bytes, bytearray, memoryview)):
-        raise UploadError(f"The upload {name!r} has content of type {type(content).__name__}.")
-    data = bytes(content)
+    name, data = items[0].get("name"), items[0]["content"]
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UploadError(f"Upload {name!r}: content of type {type(data).__name__}, not bytes.")
     if not data:
         raise UploadError(f"The upload {name!r} is empty (0 bytes); choose another file.")
     folder = Path(folder)
+    part = folder / f".upload-{os.getpid()}.part"  # written whole, then renamed
     try:
         folder.mkdir(parents=True, exist_ok=True)
         stem, suffix = _split_suffix(safe_file_name(name))
@@ -126,22 +108,18 @@ def save_upload(upload_value: Any, folder: str | os.PathLike) -> Path:
             n += 1
             target = folder / f"{stem}_{n}{suffix}"
         if not target.exists():
-            part = folder / f".upload-{os.getpid()}.part"  # written whole, then renamed
-            try:
-                part.write_bytes(data)
-                os.replace(part, target)
-            finally:
-                part.unlink(missing_ok=True)
+            part.write_bytes(data)
+            os.replace(part, target)
     except OSError as err:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
         raise UploadError(f"The upload {name!r} could not be saved in {folder}: {err}") from None
     return target
 
 
 def predict(model, image, prompts, *, top_k: int | None = None, window=None) -> pd.DataFrame:
-    """Rank prompts for one image: columns ``prompt``, ``probability``, ``rank``, best first.
-
-    ``image``: a path (``window`` for DICOM/NIfTI, see :func:`mmkd_utils.images.load_image`),
-    PIL image or array; ``prompts``: text (one per line), a list, or a classifier.
+    """Rank ``prompts`` (text, one per line; a list; a classifier) for an image (path, PIL image,
+    array; ``window`` for DICOM/NIfTI): columns ``prompt``, ``probability``, ``rank``, best first.
 
     Example:
         >>> list(predict(clip, xray, ["A chest X-ray.", "A brain MRI."]).columns)
@@ -163,8 +141,7 @@ def predict(model, image, prompts, *, top_k: int | None = None, window=None) -> 
     probs = model.zero_shot([image], target)[0].double().tolist()
     table = pd.DataFrame({"prompt": labels, "probability": probs})
     table = table.sort_values("probability", ascending=False, kind="stable", ignore_index=True)
-    table["rank"] = range(1, len(table) + 1)
-    return table.head(top_k) if top_k else table
+    return table.assign(rank=table.index + 1).head(top_k)
 
 
 def render(model, image, prompts_text, top_k: int | None = DEFAULT_TOP_K, window=None):
@@ -200,19 +177,17 @@ def bundled_images(*, include_demo: bool = True) -> dict[str, Path]:
     images: dict[str, Path] = {}
     for what, source in [("sample", sample_images), ("demo", demo_images)][: 1 + include_demo]:
         try:
-            paths = source()
+            paths = [Path(path) for path in source()]
         except MMKDError as err:
             warnings.warn(f"The {what} images are not available: {err}", stacklevel=2)
-            continue
-        for path in paths:
-            images.setdefault(Path(path).name, Path(path))
+            paths = []
+        images |= {path.name: path for path in paths if path.name not in images}
     return images
 
 
 def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) -> Any:
-    """The demo: an ``ipywidgets.VBox`` whose changes call :func:`render`. Set ``.value`` of
-    ``image_picker``, ``upload``, ``window``, ``prompts_box``, ``top_k``; read ``status``,
-    ``output``, ``last_figure``, ``last_message``; ``renderer`` may be replaced.
+    """A ``VBox`` whose ``image_picker``, ``upload``, ``window``, ``prompts_box``, ``top_k`` call
+    ``renderer`` (:func:`render`); see ``status``, ``output``, ``last_figure``, ``last_message``.
 
     Example:
         >>> demo = build_demo(clip, bundled_images(include_demo=False), upload_folder=tmp)
@@ -224,9 +199,8 @@ def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) 
 
     prompts, style = list(prompts), {"description_width": "90px"}
     n = max(1, len(prompts))
-    folder = Path(upload_folder or tempfile.mkdtemp(prefix="mmkd_uploads_"))
-    by_name = {str(name): Path(path) for name, path in (images or {}).items()}
-    picker = widgets.Dropdown(options=list(by_name), description="Image", style=style)
+    images = {str(name): Path(path) for name, path in (images or {}).items()}
+    picker = widgets.Dropdown(options=list(images), description="Image", style=style)
     upload = widgets.FileUpload(description="Upload", multiple=False)
     windows = [(f"{name} (C {c:g}, W {w:g})", name) for name, (c, w) in WINDOWS.items()]
     window = widgets.Dropdown(options=[("none (file's own)", NO_WINDOW), *windows], style=style)
@@ -241,10 +215,9 @@ def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) 
     row = widgets.HBox([picker, upload])
     demo = widgets.VBox([row, window, prompts_box, top_k, status, output])
     vars(demo).update(image_picker=picker, upload=upload, window=window, prompts_box=prompts_box)
-    vars(demo).update(top_k=top_k, status=status, output=output, images=by_name)
-    vars(demo).update(upload_folder=folder, last_figure=None, last_message="")
+    vars(demo).update(top_k=top_k, status=status, output=output, images=images)
+    demo.upload_folder = Path(upload_folder or tempfile.mkdtemp(prefix="mmkd_uploads_"))
     demo.renderer = lambda image, text, k, win: render(model, image, text, k, win)
-    quiet = []  # not empty while the demo changes its own widgets
 
     def show(fig: Any, message: str) -> None:
         demo.last_figure, demo.last_message = fig, message
@@ -257,8 +230,8 @@ def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) 
         output.outputs = () if fig is None else ({"output_type": "display_data", "data": data},)
 
     def refresh(_change: Any = None) -> None:
-        if quiet:
-            return
+        with contextlib.suppress(PromptError):  # no prompts: render reports it
+            top_k.max = max(top_k.max, len(parse_prompts(prompts_box.value)))
         chosen = None if window.value == NO_WINDOW else window.value
         args = demo.images.get(picker.value), prompts_box.value, top_k.value, chosen
         try:
@@ -266,34 +239,26 @@ def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) 
         except Exception as err:  # a bug: show it rather than lose it in the kernel log
             show(None, f"Unexpected error ({type(err).__name__}): {err}")
 
-    def on_prompts(change: Any) -> None:
-        try:
-            top_k.max = max(top_k.max, len(parse_prompts(change["new"])))
-        except PromptError:
-            pass  # render reports it
-        refresh()
-
     def on_upload(change: Any) -> None:
         if not change["new"]:
             return  # the reset below
         try:
-            path = save_upload(change["new"], folder)
+            path = save_upload(change["new"], demo.upload_folder)
         except MMKDError as err:
             return show(None, str(err))
         finally:
             upload.value = ()  # so that the same file can be uploaded again
         label = f"{path.name} (upload)"
         demo.images[label] = path
-        quiet.append(True)
+        picker.unobserve(refresh, names="value")  # one update, once the upload is chosen
         picker.options = list(dict.fromkeys([*picker.options, label]))
         picker.value = label
-        quiet.clear()
+        picker.observe(refresh, names="value")
         refresh()
 
     demo.refresh = refresh
-    for widget in (picker, window, top_k):
+    for widget in (picker, window, prompts_box, top_k):
         widget.observe(refresh, names="value")
-    prompts_box.observe(on_prompts, names="value")
     upload.observe(on_upload, names="value")
     refresh()
     return demo

@@ -14,44 +14,39 @@ from mmkd_utils.errors import ArgumentError, MissingDependencyError
 
 #: The methods :func:`embed_2d` knows, with the names used in plot titles.
 EMBEDDING_METHODS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
-#: Fewest points each method can place (t-SNE's perplexity must stay below N).
-MIN_POINTS = {"pca": 2, "tsne": 4, "umap": 4}
 UMAP = 'pip install "mmkd-utils[umap]" (or pip install umap-learn) and restart the kernel.'
 
 
-def as_matrix(values: Any, name: str) -> np.ndarray:
-    """``values`` (nested list, numpy array or torch tensor) as a finite float64 ``[N, D]`` array.
+def as_floats(values: Any, name: str, ndim: int = 2) -> np.ndarray:
+    """``values`` (list, array or tensor) as a finite, non-empty float64 array of ``ndim`` dims.
 
     Example:
-        >>> as_matrix([[1, 2], [3, 4]], "embeddings").dtype
-        dtype('float64')
+        >>> as_floats([[1, 2], [3, 4]], "embeddings").shape
+        (2, 2)
     """
     values = values.detach().cpu().double().numpy() if hasattr(values, "detach") else values
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise ArgumentError(f"{name} must be numbers, shape [N, D]: {err}") from None
-    if array.ndim != 2 or 0 in array.shape:
-        raise ArgumentError(
-            f"{name} must be 2-D with one row per item, shape [N, D], but has shape "
-            f"{array.shape}; for one vector use x[None]."
-        )
+        raise ArgumentError(f"{name} must be numbers (a list, array or tensor): {err}") from None
+    if array.ndim != ndim:
+        hint = f"pass one row, e.g. {name}[0]" if ndim == 1 else f"for one row use {name}[None]"
+        raise ArgumentError(f"{name} must be {ndim}-D but has shape {array.shape}; {hint}.")
+    if array.size == 0:
+        raise ArgumentError(f"{name} is empty: {name} has shape {array.shape}; pass some values.")
     bad = np.argwhere(~np.isfinite(array))
     if len(bad):
-        raise ArgumentError(
-            f"{name} holds {len(bad)} non-finite value(s) (NaN or inf), the first in row "
-            f"{bad[0][0]} (column {bad[0][1]}); check the images or model that made it."
-        )
+        where = f"index {bad[0][0]}" if ndim == 1 else f"row {bad[0][0]} (column {bad[0][1]})"
+        problem = f"{name} holds {len(bad)} non-finite value(s) (NaN or inf), the first at {where}"
+        raise ArgumentError(f"{problem}; check the images or model that made it.")
     return array
 
 
 def embed_2d(
     embeddings: Any, method: str = "pca", random_state: int | None = 0, *, perplexity=None
 ) -> np.ndarray:
-    """``[N, D]`` embeddings as ``[N, 2]`` map coordinates with PCA, t-SNE or UMAP.
-
-    t-SNE starts from PCA with perplexity ``min(30, (N - 1) / 3)`` unless given; UMAP needs
-    ``pip install "mmkd-utils[umap]"``. The same ``random_state`` gives the same map.
+    """``[N, D]`` embeddings as ``[N, 2]`` map coordinates (the same ``random_state``, the same
+    map); t-SNE starts from PCA, with perplexity ``min(30, (N - 1) / 3)`` unless given.
 
     Example:
         >>> embed_2d(np.random.default_rng(0).normal(size=(10, 64)), "tsne").shape
@@ -60,12 +55,12 @@ def embed_2d(
     key = method.lower().replace("-", "") if isinstance(method, str) else None
     if key not in EMBEDDING_METHODS:
         raise ArgumentError(f"method must be one of 'pca', 'tsne' or 'umap', got {method!r}.")
-    array = as_matrix(embeddings, "embeddings")
-    n, d = array.shape
-    if n < MIN_POINTS[key]:
+    array = as_floats(embeddings, "embeddings")
+    (n, d), need = array.shape, 2 if key == "pca" else 4  # t-SNE's perplexity must stay below N
+    if n < need:
         raise ArgumentError(
-            f"embeddings has {n} row(s), but method={EMBEDDING_METHODS[key]!r} needs at "
-            f"least {MIN_POINTS[key]} points; embed more images or use method='pca'."
+            f"embeddings has {n} row(s), but {EMBEDDING_METHODS[key]} needs at least {need}; "
+            "embed more images (method='pca' needs 2)."
         )
     if d < 2 or (array == array[0]).all():
         bad = f"embeddings has {d} column" if d < 2 else f"all {n} rows of embeddings are identical"
@@ -93,9 +88,7 @@ def embed_2d(
         except ImportError as err:
             raise MissingDependencyError(f"method='umap' needs umap-learn ({err}): {UMAP}") from err
         if not hasattr(umap, "UMAP"):
-            raise MissingDependencyError(
-                f"the package 'umap' is not umap-learn: pip uninstall umap, {UMAP}"
-            )
+            raise MissingDependencyError(f"'umap' is not umap-learn: pip uninstall umap; {UMAP}")
         reducer = umap.UMAP(n_neighbors=min(15, n - 1), random_state=random_state, n_jobs=1)
     with warnings.catch_warnings():  # umap: "n_jobs value overridden", "k >= N" on tiny inputs
         warnings.filterwarnings("ignore", message=".*(n_jobs value|k >= N).*")
