@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from _pytest.doctest import DoctestItem, DoctestModule
 
+from mmkd_utils.config import ENV_VARS
+
 REPO = Path(__file__).resolve().parent
 TINY = REPO / "tests" / "fixtures" / "tiny_upstream"
 _MODEL: dict[str, object] = {}
@@ -41,13 +43,7 @@ def _doctest_names(request, doctest_namespace, tmp_path, monkeypatch):
     if not isinstance(request.node, DoctestItem):
         yield
         return
-    for name in (
-        "MMKD_CHECKPOINT",
-        "MMKD_TEXT_ENCODER",
-        "MMKD_DEMO_IMAGES",
-        "MMKD_UNIMED_CHECKPOINT",
-        "MMKD_BIOMEDCLIP",
-    ):
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MMKD_HOME", str(tmp_path / "mmkd_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -22,6 +22,15 @@ CHECKPOINT_NAME = "MMKD_B16.pth"
 DRIVE_FILE_ID = "16pDQ2rI3VKezUl_WVxm1gVmhljQWxjJR"
 DRIVE_URL = f"https://drive.google.com/uc?id={DRIVE_FILE_ID}"
 DRIVE_VIEW_URL = f"https://drive.google.com/file/d/{DRIVE_FILE_ID}/view"
+#: Every environment variable the package reads.
+ENV_VARS = (
+    "MMKD_HOME",
+    "MMKD_CHECKPOINT",
+    "MMKD_TEXT_ENCODER",
+    "MMKD_DEMO_IMAGES",
+    "MMKD_UNIMED_CHECKPOINT",
+    "MMKD_BIOMEDCLIP",
+)
 
 
 def cache_dir() -> Path:

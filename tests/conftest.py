@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from support import TINY, TINY_CHECKPOINT, TINY_TEXT, LocalServer
 
+from mmkd_utils.config import ENV_VARS
+
 # Tests never reach the Hugging Face hub: everything they need is in tests/fixtures.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -16,13 +18,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
     """Every test gets its own empty cache and no MMKD_* variables from the caller."""
-    for name in (
-        "MMKD_CHECKPOINT",
-        "MMKD_TEXT_ENCODER",
-        "MMKD_DEMO_IMAGES",
-        "MMKD_UNIMED_CHECKPOINT",
-        "MMKD_BIOMEDCLIP",
-    ):
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("mmkd_home")))
 
