@@ -355,3 +355,20 @@ def test_folder_errors_name_the_root_and_say_what_to_do(tiny_model, tmp_path):
         embed_folder(tiny_model, empty)
     with pytest.raises(ValueError, match="num_workers"):
         embed_folder(tiny_model, tmp_path, num_workers=-1)
+
+
+@pytest.mark.parametrize("asked", [0, 2, None])
+def test_num_workers_reaches_the_pipeline_with_the_cache_on(
+    tiny_model, tmp_path, monkeypatch, asked
+):
+    """The worker count the caller asks for (or the default) is the one used, cache or not."""
+    root = make_folder(tmp_path / "data", {"a": 3})
+    real, seen = pipeline.image_batches, []
+
+    def spy(images, preprocess, **kwargs):
+        seen.append(kwargs["num_workers"])
+        return real(images, preprocess, **kwargs)
+
+    monkeypatch.setattr(pipeline, "image_batches", spy)
+    embed_folder(tiny_model, root, batch_size=2, num_workers=asked, cache=tmp_path / "cache")
+    assert seen == [asked]

@@ -34,6 +34,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mmkd_utils.demo import DEMO_IMAGE_NAMES
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 COLAB_REPO = "mmkd-clip/mmkd-clip-notebooks"
@@ -336,7 +338,7 @@ def test_notebook_environment_keeps_what_the_user_set_and_restores_the_rest(tmp_
         biomedclip = Path(os.environ["MMKD_BIOMEDCLIP"])
         assert (biomedclip / "open_clip_config.json").is_file()
         demo = Path(os.environ["MMKD_DEMO_IMAGES"])
-        assert len(list(demo.iterdir())) == 9
+        assert set(DEMO_IMAGE_NAMES) <= {p.name for p in demo.iterdir()}  # all nine
         assert os.environ["MPLBACKEND"] == "Agg"
     assert os.environ["MMKD_HOME"] == str(tmp_path / "mine")
     for name in ("MMKD_CHECKPOINT", "MMKD_BIOMEDCLIP", "MMKD_DEMO_IMAGES", "MPLBACKEND"):

@@ -187,8 +187,8 @@ def embed_folder(
     keys: list[str | None] = [None] * len(paths)
     if folder is not None:
         quiet = len(paths) <= 1000 or None
-        workers = min(8, pipeline.usable_cpus())  # hashlib releases the GIL on large files
-        keys = thread_map(_hash, paths, max_workers=workers, desc="Hashing", disable=quiet)
+        threads = pipeline.usable_cpus()  # one per core: hashlib releases the GIL
+        keys = thread_map(_hash, paths, max_workers=threads, desc="Hashing", disable=quiet)
     rows: dict[int, np.ndarray] = {}
     todo: dict[str, list[int]] = {}  # one decode per distinct content (or per unhashed file)
     for i, key in enumerate(keys):
