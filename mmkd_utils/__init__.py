@@ -1,7 +1,9 @@
 """Helpers for the MMKD-CLIP notebook tutorials: load the model, embed, classify, plot.
 
 The layers of the package and the path of one zero-shot call are in ARCHITECTURE.md.
-Importing the package changes no global state.
+Importing the package changes no global state. The tasks (``embed_folder``,
+``evaluate_folder``, ``linear_probe``, ``search``, ``compare_models``) are imported on
+first use, so ``import mmkd_utils`` does not load scikit-learn and friends until needed.
 
 Example:
     >>> import mmkd_utils
@@ -9,6 +11,9 @@ Example:
     >>> model.zero_shot([xray], ["A chest X-ray.", "A brain MRI."]).shape
     torch.Size([1, 2])
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from mmkd_utils.doctor import doctor
 from mmkd_utils.errors import (
@@ -34,11 +39,37 @@ from mmkd_utils.images.decode import to_rgb
 from mmkd_utils.images.medical import load_image
 from mmkd_utils.model.clip import MMKDModel
 from mmkd_utils.model.registry import list_models, load_model
-from mmkd_utils.tasks.compare import compare_models
-from mmkd_utils.tasks.embeddings import FolderEmbeddings, embed_folder
-from mmkd_utils.tasks.evaluation import evaluate_folder
-from mmkd_utils.tasks.probe import linear_probe
-from mmkd_utils.tasks.retrieval import search
+
+if TYPE_CHECKING:  # for editors and type checkers; at run time see __getattr__ below
+    from mmkd_utils.tasks.compare import compare_models
+    from mmkd_utils.tasks.embeddings import FolderEmbeddings, embed_folder
+    from mmkd_utils.tasks.evaluation import evaluate_folder
+    from mmkd_utils.tasks.probe import linear_probe
+    from mmkd_utils.tasks.retrieval import search
+
+#: Names of layer 3 (tasks), imported on first use: the module each comes from.
+_TASKS = {
+    "compare_models": "compare",
+    "FolderEmbeddings": "embeddings",
+    "embed_folder": "embeddings",
+    "evaluate_folder": "evaluation",
+    "linear_probe": "probe",
+    "search": "retrieval",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``mmkd_utils.embed_folder`` and the other task names, imported when first used."""
+    if name not in _TASKS:
+        raise AttributeError(f"module 'mmkd_utils' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mmkd_utils.tasks.{_TASKS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_TASKS})
+
 
 __version__ = "0.1.0"
 

@@ -137,20 +137,23 @@ def test_no_bare_builtin_exceptions_are_raised():
     """Every error for a bad input is an MMKDError; a bare built-in is a mistake."""
     bare = []
     for name, tree in TREES.items():
-        for func in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)] + [tree]:
-            for node in ast.walk(func):
-                if not isinstance(node, ast.Raise) or node.exc is None:
-                    continue
-                exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
-                if not isinstance(exc, ast.Name):
-                    continue
-                obj = getattr(builtins, exc.id, None)
-                if not (inspect.isclass(obj) and issubclass(obj, BaseException)):
-                    continue
-                in_getattr = getattr(func, "name", "") == "__getattr__"
-                if exc.id in ALLOWED_BARE or (exc.id == "AttributeError" and in_getattr):
-                    continue
-                bare.append(f"{MODULES[name].relative_to(ROOT)}:{node.lineno} raise {exc.id}")
+        owner = {}  # node -> name of the innermost function around it (ast.walk: outer first)
+        for func in ast.walk(tree):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                owner.update(dict.fromkeys(ast.walk(func), func.name))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if not isinstance(exc, ast.Name):
+                continue
+            obj = getattr(builtins, exc.id, None)
+            if not (inspect.isclass(obj) and issubclass(obj, BaseException)):
+                continue
+            in_getattr = owner.get(node) == "__getattr__"
+            if exc.id in ALLOWED_BARE or (exc.id == "AttributeError" and in_getattr):
+                continue
+            bare.append(f"{MODULES[name].relative_to(ROOT)}:{node.lineno} raise {exc.id}")
     assert not bare, "raise an MMKDError subclass instead:\n" + "\n".join(sorted(set(bare)))
 
 
