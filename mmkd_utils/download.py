@@ -170,13 +170,12 @@ def download_url(
     *,
     sha256: str | None = None,
     verify: Callable[[Path], object] | None = None,
-    desc: str | None = None,
     timeout: float = 60.0,
 ) -> Path:
     """Download ``url`` to ``dest`` safely and return ``dest``; raises :class:`DownloadError`.
 
     An existing ``dest`` (with the right ``sha256``, if given) is returned without network;
-    a download must match ``sha256`` and pass ``verify(path)``. ``desc`` is not used.
+    a download must match ``sha256`` and pass ``verify(path)``.
 
     Example:
         >>> _ = (tmp / "x.txt").write_text("cached")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 from mmkd_utils.errors import ArgumentError
+from mmkd_utils.images.pipeline import DEFAULT_BATCH_SIZE
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: Rough activation memory of one ViT-B/16 image in inference, with a safety margin.
 BYTES_PER_IMAGE = 32 * 2**20
-#: Image batch size on the CPU and Apple MPS: bounded memory on a 16 GB laptop.
-CPU_IMAGE_BATCH = 32
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -64,6 +63,6 @@ def auto_image_batch_size(device: torch.device, cap: int = 256) -> int:
         32
     """
     if device.type != "cuda":
-        return CPU_IMAGE_BATCH
+        return DEFAULT_BATCH_SIZE  # CPU and Apple MPS: bounded memory on a 16 GB laptop
     free, _total = torch.cuda.mem_get_info(device)
     return max(1, min(cap, int(free * 0.5) // BYTES_PER_IMAGE))

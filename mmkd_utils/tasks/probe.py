@@ -136,7 +136,8 @@ def linear_probe(
     for one ``Cs`` value, :data:`DEFAULT_C` for a 1-example class), a ``LogisticRegression`` scored
     on the test set. Embeddings: tensors, arrays or ``embed_folder`` results (with ``.labels``).
     ``groups``: the original image of each training row (augmented copies share one); the folds
-    that choose ``C`` then keep each group on one side (``StratifiedGroupKFold``), no leakage.
+    that choose ``C`` then keep each group on one side (``StratifiedGroupKFold``), no leakage;
+    shots still count rows per class, so k shots may be copies of fewer than k originals.
 
     Example:
         >>> y = np.repeat(["a", "b"], 20)
