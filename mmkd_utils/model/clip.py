@@ -270,7 +270,7 @@ class MMKDModel:
                     f"embeds in {self.embed_dim} dimensions: build it with this model."
                 )
         else:
-            text_features = self.encode_texts(check_prompts(prompts))
+            text_features = self.encode_texts(prompts)  # tokenize checks the prompts
         with torch.no_grad():
             image_features = self.encode_images(images, on_error=on_error)
             return (self.logit_scale * image_features @ text_features.T).softmax(dim=-1)
