@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -226,6 +227,151 @@ def test_dicom_found_by_marker_without_suffix(tmp_path):
     assert load_image(path, window=(40, 80)).size == (6, 1)
 
 
+# --------------------------------------------------------------------------- orientation
+
+# Patient directions as LPS vectors (DICOM: x to the patient's left, y back, z to the head).
+LEFT, RIGHT = np.array([1, 0, 0]), np.array([-1, 0, 0])
+BACK, FRONT = np.array([0, 1, 0]), np.array([0, -1, 0])
+HEAD, FEET = np.array([0, 0, 1]), np.array([0, 0, -1])
+# Radiological display of each plane: where the viewer's right and "down" point in the patient.
+# Sagittal: anterior on the viewer's left, as MR-TIP's standard display orientation
+# (https://mr-tip.com, "Orientation": "sagittal: H to top of image and A to left").
+PLANE_DISPLAY = {"axial": (LEFT, BACK), "coronal": (LEFT, FEET), "sagittal": (BACK, FEET)}
+UNITS = [sign * np.eye(3, dtype=int)[k] for k in range(3) for sign in (1, -1)]
+# Every axis-aligned ImageOrientationPatient: 6 row directions x 4 perpendicular columns.
+AXIS_ALIGNED = [(r, c) for r in UNITS for c in UNITS if not (np.abs(r) & np.abs(c)).any()]
+
+
+def _plane(row, col):
+    normal = np.abs(np.cross(row, col)).argmax()
+    return ("sagittal", "coronal", "axial")[normal]
+
+
+def _position_coded_dicom(path, row, col, shape=(3, 5), **attrs):
+    """A slice whose pixel values say where each pixel is: value = its stored index."""
+    pixels = np.arange(shape[0] * shape[1], dtype=np.uint16).reshape(shape)
+    orientation = [*map(int, row), *map(int, col)]
+    return write_dicom(path, pixels, ImageOrientationPatient=orientation, **attrs), pixels
+
+
+def _positions(img, shape, row, col):
+    """The patient position (LPS, in pixels) of each displayed pixel, from its value."""
+    index = np.rint(grey(img) * (shape[0] * shape[1] - 1) / 255).astype(int)
+    i, j = np.divmod(index, shape[1])  # stored row and column
+    return i[..., None] * col + j[..., None] * row  # the pixel position, per the DICOM standard
+
+
+def _label(direction):  # "L" for [1, 0, 0]: the patient direction a row or column runs to
+    return "LRPAHF"[[tuple(u) for u in UNITS].index(tuple(direction))]
+
+
+@pytest.mark.parametrize(
+    ("row", "col"),
+    AXIS_ALIGNED,
+    ids=[f"rows_to_{_label(r)}-cols_to_{_label(c)}" for r, c in AXIS_ALIGNED],
+)
+def test_every_axis_aligned_dicom_is_shown_radiologically(tmp_path, row, col):
+    shape = (3, 5)
+    path, _ = _position_coded_dicom(tmp_path / "slice.dcm", row, col, shape)
+    img = load_image(path, window=(7, 14))  # 0..14 → 0..255, one grey level per pixel
+    where = _positions(img, shape, row, col)
+    to_right, down = PLANE_DISPLAY[_plane(row, col)]
+    assert (where[:, 1:] - where[:, :-1] == to_right).all()  # one step right on the screen
+    assert (where[1:] - where[:-1] == down).all()  # one step down on the screen
+    assert sorted(img.size) == [3, 5]  # nothing lost, at most transposed
+
+
+def test_upside_down_axial_slice_is_turned_anterior_up(tmp_path):
+    """As in the abdomen CT sample: rows run to the patient's left, columns to the front."""
+    pixels = np.zeros((4, 6), dtype=np.uint16)
+    pixels[3, 0] = 1000  # last stored row = most anterior; column 0 = the patient's right
+    pixels[0, 5] = 500  # posterior, patient's left
+    path = write_dicom(tmp_path / "ct.dcm", pixels, ImageOrientationPatient=[1, 0, 0, 0, -1, 0])
+    shown = grey(load_image(path))
+    assert shown[0, 0] == 255  # anterior up, the patient's right on the viewer's left
+    assert shown[3, 5] == 128  # posterior-left: bottom right
+    stored = grey(load_image(path, orientation="stored"))
+    assert stored[3, 0] == 255 and stored[0, 5] == 128  # the file's own order
+
+
+def test_sagittal_slice_faces_left(tmp_path):
+    """Stored facing right and upside down (rows to the front, columns to the head)."""
+    pixels = np.zeros((4, 6), dtype=np.uint16)
+    pixels[3, 5] = 1000  # most superior and most anterior: the forehead
+    path = write_dicom(tmp_path / "mr.dcm", pixels, ImageOrientationPatient=[0, -1, 0, 0, 0, 1])
+    assert grey(load_image(path))[0, 0] == 255  # top left: head up, face on the left
+
+
+def test_orientation_without_or_with_oblique_direction_cosines(tmp_path):
+    pixels = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    plain = grey(load_image(write_dicom(tmp_path / "none.dcm", pixels)))
+    assert np.array_equal(plain, grey(load_image(write_dicom(tmp_path / "s.dcm", pixels))))
+    oblique = [0.7071, 0.7071, 0, 0, 0, -1]  # 45° between left and back
+    path = write_dicom(tmp_path / "oblique.dcm", pixels, ImageOrientationPatient=oblique)
+    with pytest.warns(UserWarning, match="oblique.dcm.*oblique.*orientation='stored'"):
+        assert np.array_equal(grey(load_image(path)), plain)  # as stored
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for the stored order: no warning
+        assert np.array_equal(grey(load_image(path, orientation="stored")), plain)
+    with pytest.raises(ImageLoadError, match="orientation='neurological'.*'stored'"):
+        load_image(tmp_path / "none.dcm", orientation="neurological")
+
+
+def _rotation(axis, degrees):
+    """Rodrigues' rotation matrix about ``axis`` (any non-zero vector)."""
+    k = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    t = np.radians(degrees)
+    return np.eye(3) + np.sin(t) * cross + (1 - np.cos(t)) * cross @ cross
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    which=st.integers(0, len(AXIS_ALIGNED) - 1),
+    axis=st.tuples(*[st.floats(-1, 1)] * 3).filter(lambda v: np.linalg.norm(v) > 0.1),
+    degrees=st.floats(0, 30),
+)
+def test_tilted_slices_are_shown_like_their_axis_aligned_plane(tmp_path, which, axis, degrees):
+    """A gantry tilt or a slightly angled MR slice (up to 30°) displays as its plane."""
+    row, col = AXIS_ALIGNED[which]
+    turn = _rotation(axis, degrees)
+    pixels = np.arange(15, dtype=np.uint16).reshape(3, 5)
+    straight = write_dicom(tmp_path / "a.dcm", pixels, ImageOrientationPatient=[*row, *col])
+    tilted = [f"{v:.6f}" for v in (*(turn @ row), *(turn @ col))]
+    path = write_dicom(tmp_path / "t.dcm", pixels, ImageOrientationPatient=tilted)
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(load_image(straight)))
+
+
+def test_enhanced_multi_frame_orientation_from_functional_groups(tmp_path):
+    plane = Dataset()
+    plane.ImageOrientationPatient = [1, 0, 0, 0, -1, 0]  # anterior at the bottom, as stored
+    item = Dataset()
+    item.PlaneOrientationSequence = [plane]
+    frames = np.zeros((2, 3, 3), dtype=np.uint16)
+    frames[:, 2, 1] = 100  # the most anterior row
+    path = write_dicom(
+        tmp_path / "enh.dcm", frames, frames=True, SharedFunctionalGroupsSequence=[item]
+    )
+    assert grey(load_image(path))[0, 1] == 255  # anterior up
+
+
+def test_dicom_and_nifti_agree_on_orientation(tmp_path):
+    """One axial slice written as NIfTI (RAS+) and as DICOM (LPS) looks the same."""
+    volume = np.zeros((5, 7, 3), dtype=np.int16)  # x: right, y: front, z: up (identity affine)
+    volume[4, 6, 1] = 300  # the patient's right front corner of the middle slice
+    volume[0, 1, 1] = 100  # near the left back corner
+    nifti = load_image(write_nifti(tmp_path / "vol.nii", volume), window=(150, 300))
+    # DICOM rows run to the patient's right (-x), columns to the front (-y): pixel [r, c] is
+    # voxel (x = c, y = r) of the volume.
+    slice_ = volume[:, :, 1].T.astype(np.uint16)
+    path = write_dicom(tmp_path / "ax.dcm", slice_, ImageOrientationPatient=[-1, 0, 0, 0, -1, 0])
+    dicom = load_image(path, window=(150, 300))
+    assert np.array_equal(np.asarray(nifti), np.asarray(dicom))
+    assert grey(dicom)[0, 0] == 255  # right front: top left
+
+
 # --------------------------------------------------------------------------- NIfTI
 
 
@@ -235,10 +381,10 @@ def test_nifti_middle_slice_along_each_axis(tmp_path, axis, size):
     path = write_nifti(tmp_path / "vol.nii", volume)
     out = load_image(path, axis=axis)
     assert out.size == size  # width = first in-plane axis, height = second
-    middle = np.take(volume, volume.shape[axis] // 2, axis=axis)
-    other = np.take(volume, 0, axis=axis)
-    assert np.corrcoef(grey(out).ravel(), np.rot90(middle).ravel())[0, 1] > 0.95
-    assert abs(np.corrcoef(grey(out).ravel(), np.rot90(other).ravel())[0, 1]) < 0.5
+    middle = np.take(volume, volume.shape[axis] // 2, axis=axis)[::-1, ::-1].T  # radiological
+    other = np.take(volume, 0, axis=axis)[::-1, ::-1].T
+    assert np.corrcoef(grey(out).ravel(), middle.ravel())[0, 1] > 0.95
+    assert abs(np.corrcoef(grey(out).ravel(), other.ravel())[0, 1]) < 0.5
 
 
 def test_nifti_slice_index_orientation_and_range(tmp_path):
@@ -248,8 +394,10 @@ def test_nifti_slice_index_orientation_and_range(tmp_path):
     path = write_nifti(tmp_path / "vol.nii", volume)
     out = grey(load_image(path, slice_index=3))
     assert out.shape == (9, 8)
-    assert out[0, 0] == 255  # anterior at the top, x = 0 on the left
+    assert out[0, 7] == 255  # anterior at the top, the patient's left on the viewer's right
     assert out[1:, :].max() < 255
+    stored = grey(load_image(path, slice_index=3, orientation="stored"))
+    assert stored.shape == (8, 9) and stored[0, 8] == 255  # the voxel array as it is
     assert grey(load_image(path, slice_index=4)).max() == 0
     with pytest.raises(ImageLoadError, match="slice_index=10.*vol.nii.*10 slices along axis 2"):
         load_image(path, slice_index=10)
@@ -262,13 +410,29 @@ def test_nifti_slice_index_orientation_and_range(tmp_path):
 def test_nifti_four_d_first_volume_or_frame(tmp_path):
     volume = np.zeros((6, 6, 6, 3), dtype=np.float32)
     for t in range(3):
-        volume[t, 0, 3, t] = 1.0  # volume t has a bright voxel at x = t
+        volume[t, 0, 3, t] = 1.0  # volume t has a bright voxel at x = t, y = 0 (posterior)
     path = write_nifti(tmp_path / "fmri.nii", volume)
     for t in (None, 0, 2):
         out = grey(load_image(path, frame=t))
-        assert out[5, t or 0] == 255 and out.sum() == 255
+        assert out[5, 5 - (t or 0)] == 255 and out.sum() == 255  # bottom row, x mirrored
     with pytest.raises(ImageLoadError, match="frame=3.*3 volumes"):
         load_image(path, frame=3)
+
+
+@pytest.mark.parametrize(
+    ("axis", "marker", "corner"),
+    [
+        (0, (2, 5, 6), "face on the left"),  # sagittal: y = 5 front, z = 6 top → top left
+        (1, (4, 2, 6), "patient's right on the left"),  # coronal: x = 4 right, top → top left
+        (2, (4, 5, 3), "patient's right on the left"),  # axial: right front → top left
+    ],
+)
+def test_nifti_planes_are_radiological(tmp_path, axis, marker, corner):
+    volume = np.zeros((5, 6, 7), dtype=np.int16)  # RAS+ (identity affine)
+    volume[marker] = 100
+    index = marker[axis]
+    out = grey(load_image(write_nifti(tmp_path / "v.nii", volume), axis=axis, slice_index=index))
+    assert out[0, 0] == 255, corner
 
 
 def test_nifti_gz_matches_nii(tmp_path):

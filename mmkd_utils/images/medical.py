@@ -38,7 +38,10 @@ Window = Union[str, tuple[float, float]]  # noqa: UP007 (runtime alias)
 PHOTOMETRIC = [p.value for p in PhotometricInterpretation]  # the values DICOM defines
 # The pylibjpeg plugin that decodes a compressed transfer syntax, by a word of its name.
 CODECS = {"2000": "pylibjpeg-openjpeg", "RLE": "pylibjpeg-rle", "JPEG": "pylibjpeg-libjpeg"}
-FRAME_VALUES = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+PER_FRAME = "RescaleSlope RescaleIntercept WindowCenter WindowWidth ImageOrientationPatient".split()
+# Radiological display by the LPS axis normal to a slice: the (axis, sign) to the viewer's right,
+# the sign of the axis down. As MR-TIP's: axial A up, L right; coronal H up; sagittal H up, A left.
+DISPLAY = {2: (0, 1, 1), 1: (0, 1, -1), 0: (1, 1, -1)}  # 2 axial, 1 coronal, 0 sagittal
 
 
 def load_image(
@@ -48,29 +51,35 @@ def load_image(
     frame: int | None = None,
     slice_index: int | None = None,
     axis: int = 2,
+    orientation: str = "radiological",
 ) -> Image.Image:
     """Read a DICOM, NIfTI or ordinary image file as an 8-bit RGB PIL image.
 
     ``window`` (greyscale): a name from :data:`WINDOWS` or ``(centre, width)``; default the
     DICOM's own, else min–max (NIfTI: 0.5–99.5 percentiles). ``frame``: multi-frame DICOM
     (default the middle one) or 4-D NIfTI (0). ``slice_index``: NIfTI, along ``axis`` (0 sagittal,
-    1 coronal, 2 axial; default the middle), anterior at the top, patient's left on the left.
+    1 coronal, 2 axial; default the middle). ``orientation="radiological"``: DICOM (by its
+    ImageOrientationPatient; without one, or oblique, as stored: oblique warns) and NIfTI (via
+    RAS+) slices as radiology viewers show them: anterior or head up, the patient's right on the
+    viewer's left, sagittal anterior on the left. ``"stored"``: the array as the file holds it.
 
     Example:
         >>> load_image(xray).size
         (482, 512)
     """
     path, kind = check_file(path), "Image"
+    if orientation not in ("radiological", "stored"):
+        raise ImageLoadError(f"orientation={orientation!r}: use 'radiological' or 'stored'.")
     bounds = None if window is None else window_bounds(window, str(path))
     try:
         if path.name.lower().endswith((".nii", ".nii.gz")):
             kind = "NIfTI"
-            return _load_nifti(path, bounds, frame, slice_index, axis)
+            return _load_nifti(path, bounds, frame, slice_index, axis, orientation)
         if path.suffix.lower() in (".dcm", ".dicom") or is_dicom(path):  # DICM at byte 128
             kind = "DICOM"
         _reject(path, kind, slice_index=slice_index, axis=None if axis == 2 else axis)
         if kind == "DICOM":
-            return _load_dicom(path, window, bounds, frame)
+            return _load_dicom(path, window, bounds, frame, orientation)
         _reject(path, "not DICOM or NIfTI", window=window, frame=frame)
         return pil_to_rgb(open_image(path), name=str(path))
     except ImageLoadError:
@@ -116,7 +125,7 @@ def _index(path: Path, arg: str, value: int | None, default: int, count: int, of
     return value
 
 
-def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Image.Image:
+def _load_dicom(path: Path, window: Any, bounds: Any, frame: Any, orient: str) -> Image.Image:
     with warnings.catch_warnings():  # force: also a bare dataset without the 128-byte preamble
         warnings.simplefilter("ignore")  # (and a file that is not DICOM warns)
         ds = pydicom.dcmread(path, force=True)
@@ -151,13 +160,15 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
             f"DICOM {path} is compressed ({name}) and no decoder for it is installed: pip "
             f"install {install}, or convert it to uncompressed DICOM. pydicom said: {message}"
         ) from None
+    _lift_frame_values(ds, frame)
+    if orient == "radiological" and ds.get("ImageOrientationPatient"):
+        pixels = _radiological(pixels, ds.ImageOrientationPatient, path)
     if colour:
         bits = int(ds.get("BitsStored") or 8)
         if photometric == "PALETTE COLOR":
             pixels, bits = apply_color_lut(pixels, ds), ds.RedPaletteColorLookupTableDescriptor[2]
         rgb = pixels if pixels.dtype == np.uint8 else linear_to_uint8(pixels, 0, 2.0**bits - 1)
         return array_to_image(rgb, name=str(path))
-    _lift_frame_values(ds, frame)
     values = apply_modality_lut(pixels, ds).astype(np.float64)  # e.g. HU
     if bounds is None and ds.get("VOILUTSequence"):
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
@@ -172,36 +183,52 @@ def _load_dicom(path: Path, window: Any, bounds: Any, frame: int | None) -> Imag
 
 
 def _lift_frame_values(ds: Any, frame: int) -> None:
-    """Enhanced multi-frame: the frame's rescale and window, to the top where pydicom looks."""
+    """Enhanced multi-frame: the frame's rescale, window and orientation, lifted to the top."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     shared = ds.get("SharedFunctionalGroupsSequence") or []
     for group in [*per_frame[frame : frame + 1], *shared[:1]]:  # the frame's own values first
         for macro in (m for m in group if m.VR == "SQ"):
-            for element in (e for item in macro.value for e in item if e.keyword in FRAME_VALUES):
+            for element in (e for item in macro.value for e in item if e.keyword in PER_FRAME):
                 ds.setdefault(element.tag, element)  # values at the top are kept
 
 
-def _load_nifti(path: Path, bounds: Any, frame: Any, slice_index: Any, axis: int) -> Image.Image:
+def _radiological(pixels: np.ndarray, orientation: Any, path: Path) -> np.ndarray:
+    """Flip or transpose a slice whose row and column directions (LPS) are axis-aligned."""
+    cosines = np.resize(np.asarray(orientation, dtype=np.float64), 6).reshape(2, 3)  # row, column
+    axes, largest = np.abs(cosines).argmax(axis=1), np.abs(cosines).max(axis=1)
+    if axes[0] == axes[1] or not min(largest) > 0.8:  # within ~37°: PixelMed's obliquity limit
+        message = f"DICOM {path}: ImageOrientationPatient {orientation} is oblique or invalid"
+        warnings.warn(f"{message}: shown as stored (pass orientation='stored').", stacklevel=4)
+        return pixels
+    signs = np.sign(cosines[(0, 1), axes]).astype(int)
+    right, right_sign, down_sign = DISPLAY[3 - int(axes.sum())]
+    if axes[0] != right:  # rows run up or down the display: transpose
+        pixels, signs = np.swapaxes(pixels, 0, 1), signs[::-1]
+    return pixels[:: down_sign * signs[1], :: right_sign * signs[0]]
+
+
+def _load_nifti(path: Path, bounds: Any, frame: Any, slice_index: Any, axis: int, orient: str):
     try:
         img = nib.funcs.squeeze_image(nib.load(path))  # (x, y, z, 1) is a 3-D volume
     except nib.filebasedimages.ImageFileError as err:
         raise ImageLoadError(f"{path} is not a NIfTI file ({err}): check or rename it.") from None
     if 0 in img.shape or img.ndim > 4:
         raise ImageLoadError(f"NIfTI {path} has shape {img.shape}: pass 2-D, 3-D or 4-D voxels.")
-    index: list[Any] = [slice(None)] * img.ndim
+    index: list[Any] = [slice(None)] * min(img.ndim, 3)
     if img.ndim == 2:
         _reject(path, "2-D", frame=frame, slice_index=slice_index, axis=None if axis == 2 else axis)
     else:
         _index(path, "axis", axis, axis, 3, "spatial axes")
-        if img.ndim == 3:
-            _reject(path, "a 3-D NIfTI volume", frame=frame)
-        else:
+        _reject(path, "a 3-D NIfTI volume", frame=frame if img.ndim == 3 else None)
+        if img.ndim == 4:
             img = img.slicer[..., _index(path, "frame", frame, 0, img.shape[3], "volumes")]
-        img, index = nib.as_closest_canonical(img), index[:3]  # RAS+: x to the left, y forward
+        img = nib.as_closest_canonical(img) if orient == "radiological" else img  # RAS+ if so
         n, along = img.shape[axis], f"slices along axis {axis}"
         index[axis] = _index(path, "slice_index", slice_index, n // 2, n, along)
     check_pixel_count(path, *(n for i, n in enumerate(img.shape) if index[i] == slice(None)))
-    data = np.rot90(np.asarray(img.dataobj[tuple(index)], dtype=np.float64))  # anterior at top
+    data = np.asarray(img.dataobj[tuple(index)], dtype=np.float64)
+    if orient == "radiological":  # RAS (x, y): y (or z) up from the bottom row, x right to left
+        data = data[::-1, ::-1].T
     if bounds is None:  # robust to a few extreme voxels
         finite = data[np.isfinite(data)]
         lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0, 0)
