@@ -203,6 +203,24 @@ def test_xray_is_displayed_with_lungs_dark():
     assert left_lung + 30 < centre, (left_lung, centre)
 
 
+def test_abdomen_ct_is_displayed_anterior_up_liver_on_the_left():
+    """explicit_VR-UN.dcm is stored upside down (ImageOrientationPatient 1,0,0,0,-1,0).
+
+    In the radiological display the spine and the scanner table are at the bottom, so the
+    bone-white pixels of the central band (vertebra, table) lie in the lower half; the liver
+    (the patient's right) fills the viewer's left, brighter than the gas-filled bowel and the
+    spleen on the right. A missed flip puts the spine at the top; a mirror swaps the sides.
+    """
+    with Image.open(IMGS / "ct_abdomen.png") as img:
+        grey = np.asarray(img.convert("L"), dtype=np.float64)
+    h, w = grey.shape
+    rows, _ = np.nonzero(grey[:, int(0.4 * w) : int(0.6 * w)] >= 250)
+    assert rows.mean() > 0.55 * h, rows.mean() / h  # upside down: about 0.36
+    liver = grey[int(0.4 * h) : int(0.6 * h), int(0.25 * w) : int(0.4 * w)].mean()
+    other_side = grey[int(0.4 * h) : int(0.6 * h), int(0.6 * w) : int(0.75 * w)].mean()
+    assert liver > other_side + 20, (liver, other_side)
+
+
 # --- sample_images ---------------------------------------------------------------------
 
 

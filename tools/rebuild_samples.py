@@ -108,8 +108,10 @@ SOURCES: dict[str, Source] = {
         window=None,
         conversion=(
             "The file's own window (centre 15000, width 30000; 15 bits stored). "
-            "MONOCHROME1, so inverted: lungs dark, bone white. Downscaled 1841×1955 → "
-            "482×512."
+            "MONOCHROME1, so inverted after the window: lungs dark, bone white. No "
+            "ImageOrientationPatient (a projection image): kept in stored order, which its "
+            "PatientOrientation (L, F) says is the usual display, the patient's right on the "
+            "viewer's left. Downscaled 1841×1955 → 482×512."
         ),
     ),
     "ct_head.png": Source(
@@ -130,7 +132,11 @@ SOURCES: dict[str, Source] = {
         ),
         reader="dicom",
         window="brain",
-        conversion="Rescaled to HU, named window `brain` (centre 40, width 80). 512×512.",
+        conversion=(
+            "Rescaled to HU, named window `brain` (centre 40, width 80). Stored already in "
+            "radiological order (ImageOrientationPatient rows to the patient's left, columns "
+            "to the back): anterior up. 512×512."
+        ),
     ),
     "ct_abdomen.png": Source(
         shows=(
@@ -152,7 +158,10 @@ SOURCES: dict[str, Source] = {
         window="abdomen",
         conversion=(
             "Rescaled to HU, named window `abdomen` (centre 40, width 400); the file has no "
-            "window of its own. 512×512."
+            "window of its own. Its ImageOrientationPatient (1, 0, 0, 0, −1, 0) stores the "
+            "slice upside down (columns run to the patient's front), so `load_image` flips it "
+            "top to bottom into the radiological display: anterior up, spine at the bottom, "
+            "liver on the viewer's left. 512×512."
         ),
     ),
     "ct_small.png": Source(
@@ -180,7 +189,8 @@ SOURCES: dict[str, Source] = {
         conversion=(
             "Rescaled to HU, window centre 40, width 400: the file has no DICOM window, but "
             "the scanner stored this one in its private GE tags (Window value 400, Level "
-            "value 40). Kept at 128×128 (not upscaled)."
+            "value 40). Stored already in radiological order (ImageOrientationPatient rows to "
+            "the patient's left, columns to the back). Kept at 128×128 (not upscaled)."
         ),
     ),
     "mri_shoulder.png": Source(
@@ -200,7 +210,12 @@ SOURCES: dict[str, Source] = {
         window=None,
         conversion=(
             "Rescale slope/intercept applied, then the file's own window (centre 1000, "
-            "width 2000). Downscaled 1024×1024 → 512×512."
+            "width 2000). Oblique plane (the shoulder's “oblique coronal”, along the "
+            "supraspinatus): rows run to the patient's left and back (0.57, 0.82, 0), columns "
+            "to the feet. The rows are within 37° of posterior, so `load_image` displays it "
+            "like a sagittal slice (head up, anterior on the left); that is the stored order, "
+            "which also has the patient's right on the viewer's left: nothing is flipped. "
+            "Downscaled 1024×1024 → 512×512."
         ),
     ),
     "mri_head_sagittal.png": Source(
@@ -225,7 +240,8 @@ SOURCES: dict[str, Source] = {
         conversion=(
             "Headerless 256×256 big-endian uint16 (gzip), read with numpy `>u2` and "
             "stretched from its own minimum and maximum to 0..255 by "
-            "`mmkd_utils.images.decode.to_rgb`. 256×256."
+            "`mmkd_utils.images.decode.to_rgb`. No orientation is recorded; as stored, the "
+            "head is up and the face on the viewer's left, the usual sagittal display. 256×256."
         ),
     ),
     "ultrasound_lymph_node_doppler.png": Source(
@@ -469,9 +485,10 @@ def credits_markdown() -> str:
         f"Every image is 8-bit RGB with its longest side at most {MAX_SIDE} px (larger",
         "sources are downscaled with Pillow's Lanczos filter, keeping the aspect ratio).",
         "DICOM files are converted with `mmkd_utils.load_image` (modality LUT or rescale",
-        "slope/intercept, window, MONOCHROME1 inversion, colour kept); the window used",
-        "for each is listed below. The SHA-256 is that of the original file; the rebuild",
-        "refuses a source file with any other content.",
+        "slope/intercept, then the window, then MONOCHROME1 inversion; colour kept; slices",
+        "turned into the radiological display by their ImageOrientationPatient); the window",
+        "and orientation of each are listed below. The SHA-256 is that of the original file;",
+        "the rebuild refuses a source file with any other content.",
         "",
         "| File | Modality | Shows | Source package |",
         "| --- | --- | --- | --- |",
