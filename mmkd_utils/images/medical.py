@@ -58,10 +58,10 @@ def load_image(
     ``window`` (greyscale): a name from :data:`WINDOWS` or ``(centre, width)``; default the
     DICOM's own, else min–max (NIfTI: 0.5–99.5 percentiles). ``frame``: multi-frame DICOM
     (default the middle one) or 4-D NIfTI (0). ``slice_index``: NIfTI, along ``axis`` (0 sagittal,
-    1 coronal, 2 axial; default the middle). ``orientation="radiological"``: DICOM (by its
-    ImageOrientationPatient; without one, or oblique, as stored: oblique warns) and NIfTI (via
-    RAS+) slices as radiology viewers show them: anterior or head up, the patient's right on the
-    viewer's left, sagittal anterior on the left. ``"stored"``: the array as the file holds it.
+    1 coronal, 2 axial; default the middle). ``orientation="radiological"``: slices as radiology
+    viewers show them (front or head up, the patient's right on the viewer's left, sagittal face
+    left), DICOM by ImageOrientationPatient (none or oblique: as stored; oblique warns), NIfTI
+    via RAS+. ``"stored"``: as the file holds them.
 
     Example:
         >>> load_image(xray).size
@@ -227,8 +227,7 @@ def _load_nifti(path: Path, bounds: Any, frame: Any, slice_index: Any, axis: int
         index[axis] = _index(path, "slice_index", slice_index, n // 2, n, along)
     check_pixel_count(path, *(n for i, n in enumerate(img.shape) if index[i] == slice(None)))
     data = np.asarray(img.dataobj[tuple(index)], dtype=np.float64)
-    if orient == "radiological":  # RAS (x, y): y (or z) up from the bottom row, x right to left
-        data = data[::-1, ::-1].T
+    data = data[::-1, ::-1].T if orient == "radiological" else data  # RAS: y up, x right to left
     if bounds is None:  # robust to a few extreme voxels
         finite = data[np.isfinite(data)]
         lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0, 0)
