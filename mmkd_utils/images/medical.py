@@ -39,9 +39,8 @@ PHOTOMETRIC = [p.value for p in PhotometricInterpretation]  # the values DICOM d
 # The pylibjpeg plugin that decodes a compressed transfer syntax, by a word of its name.
 CODECS = {"2000": "pylibjpeg-openjpeg", "RLE": "pylibjpeg-rle", "JPEG": "pylibjpeg-libjpeg"}
 PER_FRAME = "RescaleSlope RescaleIntercept WindowCenter WindowWidth ImageOrientationPatient".split()
-# Radiological display by the LPS axis normal to a slice: the (axis, sign) to the viewer's right,
-# the sign of the axis down. As MR-TIP's: axial A up, L right; coronal H up; sagittal H up, A left.
-DISPLAY = {2: (0, 1, 1), 1: (0, 1, -1), 0: (1, 1, -1)}  # 2 axial, 1 coronal, 0 sagittal
+# By the LPS axis normal to a slice, the (axis, sign) to the viewer's right and the sign down.
+DISPLAY = {2: (0, 1, 1), 1: (0, 1, -1), 0: (1, 1, -1)}  # axial A up; coronal H up; sagittal A left
 
 
 def load_image(
