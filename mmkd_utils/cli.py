@@ -16,10 +16,10 @@ from mmkd_utils.download import download_checkpoint, sha256_file
 from mmkd_utils.errors import DownloadError, MMKDError
 from mmkd_utils.model.registry import BIOMEDCLIP_ID, MODELS, load_model
 
-_BERT, _DIRS = config.DEFAULT_TEXT_ENCODER, (config.TEXT_ENCODER_DIR, config.BIOMEDCLIP_DIR)
+_DIRS = (config.TEXT_ENCODER_DIR, config.BIOMEDCLIP_DIR)
+_BERT_FILES = ("config.json", "vocab.txt", "tokenizer_config.json")  # config: tokenizer class
 #: The kit's hub files (repo, folder, file); open_clip reads BiomedBERT's tokenizer in BiomedCLIP's.
-_HUB_FILES = [(_BERT, d, f) for d in _DIRS for f in ("vocab.txt", "tokenizer_config.json")] + [
-    (_BERT, config.TEXT_ENCODER_DIR, "config.json"),
+_HUB_FILES = [(config.DEFAULT_TEXT_ENCODER, d, f) for d in _DIRS for f in _BERT_FILES] + [
     (BIOMEDCLIP_ID, config.BIOMEDCLIP_DIR, "open_clip_config.json"),
     (BIOMEDCLIP_ID, config.BIOMEDCLIP_DIR, "open_clip_pytorch_model.bin"),
 ]
