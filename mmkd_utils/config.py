@@ -1,10 +1,4 @@
-"""Where things live: the cache folder, the environment variables and the release facts.
-
-Environment variables, read at call time (never at import): ``MMKD_HOME`` (cache folder),
-``MMKD_CHECKPOINT`` (weights to load instead of the release), ``MMKD_TEXT_ENCODER`` (hub id
-or folder of the text encoder's config and tokenizer), ``MMKD_DEMO_IMAGES`` (folder with
-the nine demo images), ``MMKD_UNIMED_CHECKPOINT`` and ``MMKD_BIOMEDCLIP`` (other models).
-"""
+"""Where things live: the cache, the environment variables (read at call time), release facts."""
 
 from __future__ import annotations
 
@@ -22,6 +16,9 @@ CHECKPOINT_NAME = "MMKD_B16.pth"
 DRIVE_FILE_ID = "16pDQ2rI3VKezUl_WVxm1gVmhljQWxjJR"
 DRIVE_URL = f"https://drive.google.com/uc?id={DRIVE_FILE_ID}"
 DRIVE_VIEW_URL = f"https://drive.google.com/file/d/{DRIVE_FILE_ID}/view"
+#: A classroom kit in MMKD_HOME: the hub files' folders, its manifest, the command making it.
+TEXT_ENCODER_DIR, BIOMEDCLIP_DIR, MANIFEST_NAME = "biomedbert", "biomedclip", "MANIFEST.sha256"
+KIT_COMMAND = "mmkd-clip download --all --home DIR"
 #: Every environment variable the package reads.
 ENV_VARS = (
     "MMKD_HOME",
@@ -34,8 +31,7 @@ ENV_VARS = (
 
 
 def cache_dir() -> Path:
-    """``MMKD_HOME``, else the user's cache folder (platformdirs; on Linux
-    ``$XDG_CACHE_HOME/mmkd-clip`` or ``~/.cache/mmkd-clip``). Not created.
+    """``MMKD_HOME``, else the user's cache folder (Linux: ``~/.cache/mmkd-clip``); not created.
 
     Example:
         >>> cache_dir() == tmp.parent / "mmkd_home"  # MMKD_HOME is set for examples

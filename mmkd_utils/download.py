@@ -37,16 +37,6 @@ def sha256_file(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def part_path(dest: PathLike) -> Path:
-    """The finished but not yet verified download of ``dest``: ``<dest>.part``.
-
-    Example:
-        >>> part_path("/cache/MMKD_B16.pth").name
-        'MMKD_B16.pth.part'
-    """
-    return Path(f"{dest}.part")
-
-
 def file_identity(path: PathLike) -> tuple[int, int, int] | None:
     """(inode, size, mtime_ns) of ``path``, or None when it does not exist.
 
@@ -62,7 +52,7 @@ def file_identity(path: PathLike) -> tuple[int, int, int] | None:
 
 def _partials(dest: Path) -> list[Path]:
     """gdown's files of an unfinished transfer to ``dest`` (``<dest>.partXXXXXXXX.part``)."""
-    return sorted(dest.parent.glob(part_path(dest).name + "?" * 8 + ".part"))
+    return sorted(dest.parent.glob(f"{dest.name}.part{'?' * 8}.part"))
 
 
 @contextlib.contextmanager
@@ -77,14 +67,16 @@ def _saving(what: str, dest: Path) -> Iterator[None]:
             why = "the disk is full. Free some disk space, or set MMKD_HOME to a disk with room"
             for p in _partials(dest):  # what was written only takes space
                 p.unlink(missing_ok=True)
-        else:
-            why = f"{exc.strerror or exc}. Check that {dest.parent} is writable (or set MMKD_HOME)"
+        else:  # a read-only folder may be a classroom kit that lacks the file
+            why = (
+                f"{exc.strerror or exc}. Set MMKD_HOME to a writable folder, or, for a read-only "
+                f"classroom kit without {dest.name}, complete it with `{paths.KIT_COMMAND}`"
+            )
         raise DownloadError(f"{what}: {why}, then run again.") from exc
 
 
 def set_aside(dest: PathLike, seen: tuple[int, int, int] | None) -> Path | None:
-    """Rename ``dest`` that failed to verify to ``<dest>.corrupt`` (or ``<dest>.2.corrupt``...);
-    only if it is still the file ``seen`` (its :func:`file_identity`), else return None.
+    """Move ``dest`` to ``<dest>.corrupt`` (``.2.corrupt``...) if it is still ``seen``; else None.
 
     Example:
         >>> _ = (tmp / "w.pth").write_bytes(b"bad")
@@ -127,7 +119,7 @@ def _download(
     url: str, dest: Path, sha: str, verify: Callable | None, hint: str, force: bool, timeout: float
 ) -> Path:
     """Fetch ``url`` to ``<dest>.part`` under ``dest``'s lock, verify it, move it to ``dest``."""
-    part = part_path(dest)
+    part = Path(f"{dest}.part")  # finished, not yet verified
 
     def good() -> bool:  # the cached file can be used as it is
         return not force and dest.is_file() and (not sha or sha256_file(dest) == sha)
@@ -172,10 +164,8 @@ def download_url(
     verify: Callable[[Path], object] | None = None,
     timeout: float = 60.0,
 ) -> Path:
-    """Download ``url`` to ``dest`` safely and return ``dest``; raises :class:`DownloadError`.
-
-    An existing ``dest`` (with the right ``sha256``, if given) is returned without network;
-    a download must match ``sha256`` and pass ``verify(path)``.
+    """``dest``, downloaded from ``url`` unless there (with the right ``sha256``, if given); a
+    download must match ``sha256`` and pass ``verify(path)``, else :class:`DownloadError`.
 
     Example:
         >>> _ = (tmp / "x.txt").write_text("cached")
@@ -205,10 +195,8 @@ def download_checkpoint(
     force: bool = False,
     timeout: float = 60.0,
 ) -> Path:
-    """Download the released ``MMKD_B16.pth`` (~784 MB) from Google Drive; return its path.
-
-    ``dest`` defaults to :func:`~mmkd_utils.config.default_checkpoint_path`. An existing file
-    is returned as is unless ``force``. A Drive web page or a file torch cannot read is refused.
+    """The released ``MMKD_B16.pth`` (784 MB) at ``dest`` (default: in the cache), fetched from
+    Google Drive unless there (or ``force``); a web page or unreadable file is refused.
 
     Example:
         >>> _ = (tmp / "MMKD_B16.pth").write_bytes(b"already here")

@@ -126,6 +126,37 @@ class LocalServer:
         self._thread.join(timeout=5)
 
 
+def _head(handler: _Handler) -> None:
+    """What the hub answers to ``hf_hub_download``'s metadata request (HEAD, not recorded)."""
+    route = handler.server.owner.routes.get(handler.path)  # type: ignore[attr-defined]
+    handler.send_response(404 if route is None else 200)
+    if route is None:
+        handler.send_header("X-Error-Code", "EntryNotFound")  # the hub's word for no such file
+    handler.send_header("Content-Length", str(len(route.body) if route else 0))
+    if route is not None:
+        handler.send_header("ETag", f'"{hash(route.body) & 0xFFFFFFFF:08x}"')
+        handler.send_header("X-Repo-Commit", "0" * 40)
+    handler.end_headers()
+
+
+def serve_hub(monkeypatch, server: LocalServer) -> LocalServer:
+    """``server`` is the Hugging Face hub for this test (HF_ENDPOINT, HEAD answered, online)."""
+    import huggingface_hub.constants
+    import huggingface_hub.file_download
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.file_download.time, "sleep", lambda s: None)
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)
+    monkeypatch.setattr(_Handler, "do_HEAD", _head, raising=False)
+    # HF_ENDPOINT, as huggingface_hub read it at import (and for new processes):
+    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.url(""))
+    template = server.url("/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    return server
+
+
 def dead_url(path: str = "/file") -> str:
     """A URL on a local port where nothing listens (connection refused)."""
     with socket.socket() as sock:

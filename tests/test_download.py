@@ -13,8 +13,13 @@ import pytest
 from support import CHECKPOINT_BYTES, HTML_PAGE, Route, dead_url
 
 from mmkd_utils import download as dl
-from mmkd_utils.download import download_checkpoint, download_url, part_path, sha256_file
+from mmkd_utils.download import download_checkpoint, download_url, sha256_file
 from mmkd_utils.errors import DownloadError, MMKDError
+
+
+def part_path(dest: Path) -> Path:
+    """The finished, not yet verified download of ``dest``."""
+    return Path(f"{dest}.part")
 
 
 def _sha(data: bytes) -> str:

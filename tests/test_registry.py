@@ -14,9 +14,18 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
-from support import TINY, TINY_CHECKPOINT, TINY_TEXT, Route, unimed_bytes, write_biomedclip_stand_in
+from support import (
+    TINY,
+    TINY_CHECKPOINT,
+    TINY_TEXT,
+    Route,
+    serve_hub,
+    unimed_bytes,
+    write_biomedclip_stand_in,
+)
 
 import mmkd_utils.config as paths
 import mmkd_utils.model.registry as registry
@@ -80,6 +89,13 @@ def test_list_models_describes_every_entry():
     assert "UzairK/unimed-clip-vit-b16" in table.set_index("name").loc["unimed-clip-b16", "source"]
     assert registry.BIOMEDCLIP_ID in table.set_index("name").loc["biomedclip", "source"]
     assert set(registry.SOURCES) == set(registry.MODELS)
+
+
+def test_licences_as_their_authors_state_them():
+    licence = list_models().set_index("name")["licence"]
+    assert licence["mmkd-clip-b16"] == "not stated by the authors"  # no licence published
+    assert licence["unimed-clip-b16"].startswith("CC BY-NC 4.0")  # model card: cc-by-nc-4.0
+    assert licence["biomedclip"].startswith("MIT") and "research" in licence["biomedclip"]
 
 
 @pytest.mark.parametrize("name", ["unimed", "BiomedCLIP", "clip-b16"])
@@ -183,38 +199,19 @@ def test_unimed_missing_local_file(monkeypatch, tmp_path):
         load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
 
 
-def _head(handler) -> None:
-    """What the hub answers to ``hf_hub_download``'s metadata request (HEAD, not recorded)."""
-    route = handler.server.owner.routes.get(handler.path)
-    if route is None:
-        handler.send_error(404, "Not Found")
-        return
-    handler.send_response(200)
-    handler.send_header("Content-Length", str(len(route.body)))
-    handler.send_header("ETag", f'"{hash(route.body) & 0xFFFFFFFF:08x}"')
-    handler.send_header("X-Repo-Commit", "0" * 40)
-    handler.end_headers()
+def _unimed_cache() -> Path:
+    return paths.cache_dir() / "unimed" / registry.UNIMED_FILE
 
 
 @pytest.fixture
 def online(monkeypatch, server):
     """The hub is the local server; HF_HUB_OFFLINE (set for all tests) is lifted."""
-    import huggingface_hub.constants
-    import huggingface_hub.file_download
-    import support
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.file_download.time, "sleep", lambda s: None)
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)
-    monkeypatch.setattr(support._Handler, "do_HEAD", _head, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
-    return server
+    return serve_hub(monkeypatch, server)
 
 
 def test_unimed_download_lands_in_cache_once(online):
     online.set(UNIMED_PATH, unimed_bytes())
-    assert registry.hub_endpoint() + UNIMED_PATH == online.url(UNIMED_PATH)
+    assert huggingface_hub.constants.ENDPOINT + UNIMED_PATH == online.url(UNIMED_PATH)
     clip = load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
     dest = paths.cache_dir() / "unimed" / registry.UNIMED_FILE
     assert dest.is_file() and dest.read_bytes() == unimed_bytes()
@@ -227,13 +224,6 @@ def test_unimed_download_lands_in_cache_once(online):
     assert len(online.hits(UNIMED_PATH)) == 1  # the second time: no network at all
 
 
-def test_unimed_download_honours_module_endpoint(monkeypatch, online):
-    monkeypatch.delenv("HF_ENDPOINT")
-    monkeypatch.setattr(registry, "HUB_ENDPOINT", online.url("/"))
-    online.set(UNIMED_PATH, unimed_bytes())
-    assert registry.unimed_checkpoint().is_file()
-
-
 def test_unimed_html_page_is_refused(online):
     from support import HTML_PAGE
 
@@ -241,14 +231,14 @@ def test_unimed_html_page_is_refused(online):
     with pytest.raises(DownloadError) as info:
         registry.unimed_checkpoint()
     message = str(info.value)
-    dest = registry.unimed_cache_path()
+    dest = _unimed_cache()
     assert "web page" in message and str(dest) in message and "MMKD_UNIMED_CHECKPOINT" in message
     assert not dest.exists() and not list(dest.parent.glob("*.part"))
 
 
 def test_unimed_interrupted_download_is_refused_then_resumed(online):
     good = unimed_bytes()
-    dest = registry.unimed_cache_path()
+    dest = _unimed_cache()
     # A server that always breaks off and cannot resume: refused, nothing at dest.
     online.set(UNIMED_PATH, Route(good, cut_after=len(good) // 3, ranges=False))
     with pytest.raises(DownloadError, match="interrupted"):
@@ -264,7 +254,7 @@ def test_unimed_truncated_file_is_refused(online):
     online.set(UNIMED_PATH, unimed_bytes()[:5000])  # served whole, but not a checkpoint
     with pytest.raises(DownloadError, match="did not verify"):
         registry.unimed_checkpoint()
-    dest = registry.unimed_cache_path()
+    dest = _unimed_cache()
     assert not dest.exists() and not list(dest.parent.glob("*.part"))
 
 
@@ -275,7 +265,7 @@ def test_unimed_offline_says_where_to_put_the_file(monkeypatch, server):
     with pytest.raises(DownloadError) as info:
         load_model("unimed-clip-b16", text_encoder=TINY_TEXT, device="cpu")
     message = str(info.value)
-    assert str(registry.unimed_cache_path()) in message
+    assert str(_unimed_cache()) in message
     assert "MMKD_UNIMED_CHECKPOINT" in message and "HF_HUB_OFFLINE" in message
     assert server.hits(UNIMED_PATH) == []
 

@@ -1,8 +1,4 @@
-"""From an MMKD-CLIP checkpoint to a model, and a cached converted copy of it.
-
-``CustomTextCLIP`` is built on the ``meta`` device and given the checkpoint's tensors; the
-converted copy (open_clip's local-dir layout) makes later loads memory-mapped, pickle-free.
-"""
+"""From an MMKD-CLIP checkpoint to a model, and a cached converted copy (pickle-free) of it."""
 
 from __future__ import annotations
 
@@ -45,14 +41,16 @@ PREPROCESS_CFG = {**_OPENAI, "interpolation": "bicubic", "resize_mode": "shortes
 
 
 def text_encoder_source(text_encoder: str | os.PathLike | None = None) -> str:
-    """The text encoder's folder or hub id: the argument, ``MMKD_TEXT_ENCODER`` or BiomedBERT.
+    """The text encoder: the argument, ``MMKD_TEXT_ENCODER``, a kit's copy or BiomedBERT's hub id.
 
     Example:
         >>> text_encoder_source()
         'microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract'
     """
     env = os.environ.get("MMKD_TEXT_ENCODER", "").strip()
-    name = str(text_encoder if text_encoder is not None else env) or config.DEFAULT_TEXT_ENCODER
+    kit = config.cache_dir() / config.TEXT_ENCODER_DIR
+    default = str(kit) if (kit / "config.json").is_file() else config.DEFAULT_TEXT_ENCODER
+    name = str(text_encoder if text_encoder is not None else env) or default
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
@@ -159,8 +157,8 @@ def _save_converted(model: Any, model_cfg: dict, folder: Path, source: dict, hf:
             os.replace(tmp, folder)
     except (OSError, Timeout) as err:
         warnings.warn(
-            f"Could not cache a converted copy in {folder.parent} ({err}); the next load "
-            "reads the .pth again. Set MMKD_HOME to a writable folder.",
+            f"Could not cache a converted copy in {folder.parent} ({err}); the next load reads "
+            f"the .pth again. Use a writable MMKD_HOME, or a kit from `{config.KIT_COMMAND}`.",
             stacklevel=4,
         )
     finally:
@@ -169,15 +167,20 @@ def _save_converted(model: Any, model_cfg: dict, folder: Path, source: dict, hf:
 
 def converted_folder(checkpoint: str | os.PathLike, text_encoder: str | None = None) -> Path:
     """Where the converted copy of ``checkpoint`` is cached; a changed file gets a new one.
+    Files in the cache folder count by name and size (a copied kit keeps its copies).
 
     Example:
         >>> converted_folder(tiny_checkpoint, tiny_text_encoder).parent.name
         'converted'
     """
-    path = Path(checkpoint).expanduser().resolve()
-    st = path.stat()
-    ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{text_encoder_source(text_encoder)}"
-    return config.cache_dir() / "converted" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    home, path = config.cache_dir().resolve(), Path(checkpoint).expanduser().resolve()
+    st, text = path.stat(), text_encoder_source(text_encoder)
+    rel = path.relative_to(home).as_posix() if home in path.parents else None
+    ident = f"~/{rel}|{st.st_size}" if rel else f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    if home in Path(text).parents:
+        text = f"~/{Path(text).relative_to(home).as_posix()}"
+    name = hashlib.sha256(f"{ident}|{text}".encode()).hexdigest()[:16]
+    return config.cache_dir() / "converted" / name
 
 
 def _read_or_refetch(path: Path, refetch: bool) -> tuple[dict[str, torch.Tensor], Path]:

@@ -12,6 +12,7 @@ import numpy as np
 import open_clip
 import pandas as pd
 import torch
+from huggingface_hub import constants as hub
 from huggingface_hub import hf_hub_download
 
 import mmkd_utils.config as config
@@ -22,8 +23,6 @@ from mmkd_utils.model.device import resolve_device, resolve_precision
 from mmkd_utils.model.loading import load_checkpoint_model, text_encoder_source
 
 DEFAULT_MODEL = "mmkd-clip-b16"
-HUB_URL = "https://huggingface.co"
-HUB_ENDPOINT: str | None = None  # another hub; else HF_ENDPOINT, else HUB_URL
 UNIMED_REPO, UNIMED_FILE = "UzairK/unimed-clip-vit-b16", "unimed-clip-vit-b16.pt"
 BIOMEDCLIP_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
@@ -61,7 +60,7 @@ _SPECS = [
         title="MMKD-CLIP ViT-B/16",
         default=True,
         source=f"Google Drive: {config.CHECKPOINT_NAME} (file id {config.DRIVE_FILE_ID})",
-        licence="not recorded here: check the MMKD-CLIP repository",
+        licence="not stated by the authors",
         env="MMKD_CHECKPOINT",
         citation="Wang et al., arXiv:2506.22567 (2025)",
         url="https://github.com/wangshansong1/MMKD-CLIP",
@@ -71,7 +70,7 @@ _SPECS = [
         name="unimed-clip-b16",
         title="UniMed-CLIP ViT-B/16",
         source=f"Hugging Face hub: {UNIMED_REPO}, file {UNIMED_FILE}",
-        licence="CC BY-NC 4.0 (model card): non-commercial use only",
+        licence="CC BY-NC 4.0 (model card: license cc-by-nc-4.0)",
         env="MMKD_UNIMED_CHECKPOINT",
         citation="Khattak et al., arXiv:2412.10372 (2024)",
         url="https://github.com/mbzuai-oryx/UniMed-CLIP",
@@ -83,7 +82,7 @@ _SPECS = [
         kind="open_clip",
         architecture="ViT-B/16 (timm) + PubMedBERT (BiomedBERT), MLP projection, 512-d",
         source=f"Hugging Face hub: {BIOMEDCLIP_ID} (open_clip)",
-        licence="MIT (model card)",
+        licence="MIT (model card); for research only: it puts any deployed use out of scope",
         preprocessing="its own open_clip preprocessing (open_clip_config.json)",
         env="MMKD_BIOMEDCLIP",
         citation="Zhang et al., NEJM AI (2025), arXiv:2303.00915",
@@ -113,11 +112,11 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def list_models() -> pd.DataFrame:
-    """The registered models as a table, one row each, the default first.
+    """The registered models, one row each, the default first; licences as the authors state them.
 
     Example:
-        >>> list_models().set_index("name").loc["biomedclip", "licence"]
-        'MIT (model card)'
+        >>> list_models().set_index("name").loc["mmkd-clip-b16", "licence"]
+        'not stated by the authors'
     """
     return pd.DataFrame([asdict(spec) for spec in MODELS.values()])
 
@@ -136,7 +135,7 @@ def is_model_name(value: Any) -> bool:
 
 
 def resolve_source(name: str, source: str | os.PathLike | None = None) -> str | None:
-    """Where ``name`` loads from: ``source``, else its variable, else :data:`SOURCES`.
+    """Where ``name`` loads from: ``source``, its variable, a kit's copy, or :data:`SOURCES`.
 
     Example:
         >>> resolve_source("biomedclip", "my/folder")
@@ -144,7 +143,10 @@ def resolve_source(name: str, source: str | os.PathLike | None = None) -> str | 
     """
     if source is not None and str(source).strip():
         return str(source)
-    return os.environ.get(get_spec(name).env, "").strip() or SOURCES.get(name)
+    kit = config.cache_dir() / config.BIOMEDCLIP_DIR  # BiomedCLIP of a classroom kit
+    in_kit = name == "biomedclip" and (kit / "open_clip_config.json").is_file()
+    env = os.environ.get(get_spec(name).env, "").strip()
+    return env or (LOCAL_DIR + str(kit) if in_kit else SOURCES.get(name))
 
 
 def load_model(
@@ -192,28 +194,8 @@ def load_registered(name: str, *, source: str | os.PathLike | None = None, **kwa
     return clip
 
 
-def hub_endpoint() -> str:
-    """Base URL of the Hugging Face hub: :data:`HUB_ENDPOINT`, ``HF_ENDPOINT`` or the public one.
-
-    Example:
-        >>> hub_endpoint().startswith("http")
-        True
-    """
-    return (HUB_ENDPOINT or os.environ.get("HF_ENDPOINT", "").strip() or HUB_URL).rstrip("/")
-
-
-def unimed_cache_path() -> Path:
-    """Where the UniMed-CLIP weights are cached: ``MMKD_HOME/unimed/``.
-
-    Example:
-        >>> unimed_cache_path().parent.name
-        'unimed'
-    """
-    return config.cache_dir() / "unimed" / UNIMED_FILE
-
-
 def unimed_checkpoint(source: str | os.PathLike | None = None) -> Path:
-    """The local UniMed-CLIP weights: ``source``, else the cached copy, else downloaded.
+    """The local UniMed-CLIP weights: ``source``, else ``MMKD_HOME/unimed/`` (downloaded once).
 
     Example:
         >>> unimed_checkpoint(tiny_checkpoint).name
@@ -227,23 +209,22 @@ def unimed_checkpoint(source: str | os.PathLike | None = None) -> Path:
                 f"fix the path, or unset {env} to download it into the cache."
             )
         return Path(source).expanduser()
-    dest, url = unimed_cache_path(), f"{hub_endpoint()}/{UNIMED_REPO}/resolve/main/{UNIMED_FILE}"
+    dest = config.cache_dir() / "unimed" / UNIMED_FILE
+    url = f"{hub.ENDPOINT}/{UNIMED_REPO}/resolve/main/{UNIMED_FILE}"  # HF_ENDPOINT: a mirror
     if dest.is_file():
         return dest
-    todo = f"Download {url} by hand to {dest}, or set {env} to a copy of the file."
+    todo = f"Download {url} to {dest}, or set {env} to a copy (a kit: `{config.KIT_COMMAND}`)."
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
         raise DownloadError(f"UniMed-CLIP is not in the cache, and HF_HUB_OFFLINE is set. {todo}")
     try:  # hf_hub_download writes atomically, under a lock, and resumes an interrupted file
-        hf_hub_download(UNIMED_REPO, UNIMED_FILE, local_dir=dest.parent, endpoint=hub_endpoint())
+        hf_hub_download(UNIMED_REPO, UNIMED_FILE, local_dir=dest.parent, endpoint=hub.ENDPOINT)
         with allow_numpy_scalars():
             model_config_from_state_dict(read_checkpoint(dest))
     except CheckpointError as err:
         dest.unlink()
         raise DownloadError(f"{url} did not verify and was deleted: {err}. {todo}") from None
     except Exception as err:
-        raise DownloadError(
-            f"Download of {url} failed or was interrupted ({err}). {todo}"
-        ) from None
+        raise DownloadError(f"{url}: download failed or was interrupted ({err}). {todo}") from None
     return dest
 
 
@@ -271,11 +252,10 @@ def _load_open_clip(spec: ModelSpec, source: str, text_encoder: Any = None, **kw
         source = LOCAL_DIR + str(folder.resolve())
     dev = resolve_device(kwargs.get("device", "auto"))
     prec = resolve_precision(kwargs.get("precision", "auto"), dev)
-    explicit = text_encoder is not None or os.environ.get("MMKD_TEXT_ENCODER", "").strip()
-    text = text_encoder_source(text_encoder) if explicit else None
+    text = text_encoder_source(text_encoder)
     try:
         text_cfg = open_clip.get_model_config(source)["text_cfg"]
-        if text:  # BiomedBERT's config from where MMKD-CLIP gets it (never its weights)
+        if text != config.DEFAULT_TEXT_ENCODER:  # BiomedBERT's config as MMKD-CLIP gets it
             text_cfg = {**text_cfg, "hf_model_name": text, "hf_model_pretrained": False}
         model, _, preprocess = open_clip.create_model_and_transforms(source, text_cfg=text_cfg)
         tokenizer = open_clip.get_tokenizer(source)
