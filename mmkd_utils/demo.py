@@ -25,7 +25,7 @@ DEMO_SHA256: dict[str, str] = {
     "oct.jpg": "b03fee4f1e261c985363ab54b1e194357ae5ce952d225a8a7928d958f28886fc",
 }
 DEMO_IMAGE_NAMES: tuple[str, ...] = tuple(DEMO_SHA256)
-#: The prompts of the published demo; prompt ``i`` describes image ``i``.
+#: The published demo's prompts (prompt ``i`` describes image ``i``); a tuple, so none can change.
 DEMO_PROMPTS: tuple[str, ...] = (
     "This X-ray shows no signs of disease in the thoracic cavity.",
     "Fundus image showing no signs of diabetic retinopathy.",

@@ -187,7 +187,8 @@ def bundled_images(*, include_demo: bool = True) -> dict[str, Path]:
 
 def build_demo(model, images=None, *, prompts=DEMO_PROMPTS, upload_folder=None) -> Any:
     """A ``VBox`` whose ``image_picker``, ``upload``, ``window``, ``prompts_box``, ``top_k`` call
-    ``renderer`` (:func:`render`); see ``status``, ``output``, ``last_figure``, ``last_message``.
+    ``refresh()``, which shows what ``renderer`` (:func:`render`) returns in ``status``, ``output``,
+    ``last_figure`` and ``last_message``. After replacing ``renderer``, call ``refresh()``.
 
     Example:
         >>> demo = build_demo(clip, bundled_images(include_demo=False), upload_folder=tmp)

@@ -10,7 +10,11 @@ are skipped):
 * named ``NN_name.ipynb`` in ``notebooks/``, or ``NN_name_solutions.ipynb`` in
   ``notebooks/solutions/`` for an existing ``notebooks/NN_name.ipynb``;
 * the first cell is markdown with a ``# `` title and an "Open in Colab" badge whose link
-  points to the notebook's own path in the repository;
+  points to the notebook's own path in the repository set in ``pyproject.toml``
+  (``[project.urls] Repository``), as do the README's badges;
+* one Colab setup cell, exactly as ``tools/set_repository.py`` writes it from that address
+  and the notebook's entry in ``[tool.mmkd-notebooks.colab]``: the extras it needs (UMAP,
+  pydicom-data files) and a clone of the repository when it reads the sample images;
 * main notebooks: "Learning goals", "Prerequisites" and "Time and hardware" headings
   before the first code cell; "Summary", "What's next" and "Exercises" headings later;
   a link to their solutions notebook when one exists;
@@ -32,13 +36,13 @@ import re
 from pathlib import Path
 
 import nbformat
+import pydicom
 import pytest
 
 from mmkd_utils.demo import DEMO_IMAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-COLAB_REPO = "mmkd-clip/mmkd-clip-notebooks"
 BADGE_RE = re.compile(
     r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
     r"\(https://colab\.research\.google\.com/github/(?P<repo>[^/\s]+/[^/\s]+)/blob/"
@@ -53,6 +57,27 @@ CHECK_TAG = "nbval-check-output"
 ABSOLUTE_PATH_RE = re.compile(
     r"(?<![\w.~/-])/(?:root|home|tmp|work|Users)/|\b[A-Za-z]:\\\\?Users\\", re.IGNORECASE
 )
+
+
+def _load_tool(name: str):
+    """``tools/<name>.py`` as a module, loaded from its file (no sys.path edit)."""
+    spec = importlib.util.spec_from_file_location(
+        f"mmkd_tool_{name}", REPO / "tools" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SET_REPOSITORY = _load_tool("set_repository")
+with open(REPO / "pyproject.toml", "rb") as _file:
+    PYPROJECT = SET_REPOSITORY.tomllib.load(_file)
+#: "owner/name" of [project.urls] Repository (the one place the address is set), and what
+#: each notebook's Colab setup cell installs ([tool.mmkd-notebooks.colab]).
+COLAB_REPO, COLAB_TABLE = SET_REPOSITORY.read_settings(REPO)
+#: Code that reads the sample images of imgs/ (the Colab cell must clone the repository).
+USES_SAMPLES_RE = re.compile(r"\b(?:sample_images|bundled_images|SAMPLES)\b|imgs/")
+PYDICOM_OWN_FILES = {p.name for p in (Path(pydicom.__file__).parent / "data").rglob("*")}
 
 
 def _all_notebooks() -> list[Path]:
@@ -208,6 +233,80 @@ def test_title_and_colab_badge(path):
         f"{_rel(path)} cell 0: the Colab badge opens {badge.group('path')}, not this "
         f"notebook ({_rel(path)})."
     )
+    assert badge.group("branch") == "main", f"{_rel(path)} cell 0: the badge is not on main."
+
+
+def _needed_extras(code: str) -> set[str]:
+    """Extras the code needs: ``umap`` for UMAP maps, ``samples`` for pydicom-data's files."""
+    needed = {"umap"} if re.search(r"method\s*=\s*[\"']umap[\"']", code) else set()
+    files = re.findall(r"get_testdata_file\(\s*[\"']([^\"']+)[\"']", code)
+    return needed | ({"samples"} if set(files) - PYDICOM_OWN_FILES else set())
+
+
+def test_colab_table_has_one_entry_per_notebook():
+    numbers = {p.name[:2] for p in ALL_NOTEBOOKS}
+    assert set(COLAB_TABLE) == numbers, (
+        "pyproject.toml [tool.mmkd-notebooks.colab] needs exactly one entry per notebook "
+        f"number: has {sorted(COLAB_TABLE)}, notebooks {sorted(numbers)}."
+    )
+    extras = set(PYPROJECT["project"]["optional-dependencies"])
+    for number, entry in COLAB_TABLE.items():
+        assert set(entry["extras"]) <= extras, f"{number}: unknown extras {entry['extras']}"
+
+
+@notebook_param
+def test_colab_setup_cell_installs_what_the_notebook_needs(path):
+    nb = _read(path)
+    setup = [c.source for c in nb.cells if c.cell_type == "code" and _is_setup_cell(c.source)]
+    assert len(setup) == 1, f"{_rel(path)}: needs exactly one Colab setup cell."
+    entry = COLAB_TABLE[path.name[:2]]
+    expected = SET_REPOSITORY.setup_cell(COLAB_REPO, entry["extras"], entry["clone"])
+    assert setup[0] == expected, (
+        f"{_rel(path)}: the Colab setup cell is not the one pyproject.toml asks for; run "
+        f"python tools/set_repository.py {_rel(path)}"
+    )
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and c.source != setup[0])
+    assert f"https://github.com/{COLAB_REPO}" in setup[0]
+    assert entry["clone"] == bool(USES_SAMPLES_RE.search(code)), (
+        f"{_rel(path)}: clone must be true exactly when the notebook reads imgs/ "
+        f"(it is {entry['clone']})."
+    )
+    missing = _needed_extras(code) - set(entry["extras"])
+    assert not missing, f"{_rel(path)}: its Colab setup cell must install the extras {missing}."
+    for extra in entry["extras"]:
+        assert re.search(rf"\[[^\]]*\b{extra}\b[^\]]*\]", setup[0]), (extra, setup[0])
+
+
+def test_readme_colab_badges_open_this_repository():
+    links = re.findall(
+        r"https://colab\.research\.google\.com/github/([^/\s)]+/[^/\s)]+)/blob/main/([^)\s]+)",
+        (REPO / "README.md").read_text(encoding="utf-8"),
+    )
+    mains = {_rel(p) for p in ALL_NOTEBOOKS if not _is_solution(p)}
+    assert {target for _, target in links} >= mains, "README: a notebook has no Colab badge."
+    for repo, target in links:
+        assert repo == COLAB_REPO, f"README: a Colab badge opens {repo}, not {COLAB_REPO}."
+        assert (REPO / target).is_file(), f"README: a Colab badge opens a missing {target}."
+
+
+def test_set_repository_rewrites_badge_and_setup_cell(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    copy = folder / "04_embedding_maps.ipynb"
+    nb = _read(NOTEBOOKS / copy.name)
+    nb.cells[0].source = nb.cells[0].source.replace(COLAB_REPO, "someone/elsewhere")
+    nb.cells = [c for c in nb.cells if not _is_setup_cell(c.source)]
+    nbformat.write(nb, copy)
+    table = {"04": {"extras": ["umap"], "clone": True}}
+    fixed = SET_REPOSITORY.update_notebook(copy, "me/course", table, root=tmp_path)
+    badge = BADGE_RE.search(fixed.cells[0].source)
+    assert (badge.group("repo"), badge.group("path")) == ("me/course", _rel(NOTEBOOKS / copy.name))
+    setup = [c for c in fixed.cells if c.cell_type == "code" and _is_setup_cell(c.source)]
+    assert setup[0] is next(c for c in fixed.cells if c.cell_type == "code")  # first code cell
+    assert "git clone -q --depth 1 https://github.com/me/course\n" in setup[0].source
+    assert '%pip install -q "./course[umap]"' in setup[0].source
+    nbformat.write(fixed, copy)
+    assert SET_REPOSITORY.update_notebook(copy, "me/course", table, root=tmp_path) is None
 
 
 @main_param

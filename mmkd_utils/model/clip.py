@@ -2,11 +2,6 @@
 
 ``encode_images``, ``encode_texts``: L2-normalised embeddings in one joint space;
 ``zero_shot``: their cosine similarities as probabilities, as in the MMKD-CLIP demo.
-
-Example:
-    >>> probs = clip.zero_shot([xray], ["A chest X-ray.", "A fundus photograph."])
-    >>> probs.shape, round(float(probs.sum()), 4)
-    (torch.Size([1, 2]), 1.0)
 """
 
 from __future__ import annotations
@@ -90,13 +85,25 @@ class MMKDModel:
 
     @property
     def logit_scale(self) -> float:
-        """The learned temperature ``exp(logit_scale)`` that scales cosine similarities.
+        """The cosine multiplier exp(t) = 1/τ, as open_clip's forward returns it under this name.
+
+        Not open_clip's parameter ``model.logit_scale``, which holds t. τ: :attr:`temperature`.
 
         Example:
-            >>> clip.logit_scale > 0
-            True
+            >>> round(clip.logit_scale, 4), round(clip.model.logit_scale.exp().item(), 4)
+            (50.0, 50.0)
         """
         return float(self.model.logit_scale.detach().float().exp())
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature τ = 1 / :attr:`logit_scale` (CLIP's τ; 0.01 when exp(t) = 100).
+
+        Example:
+            >>> round(clip.temperature, 6), round(clip.temperature * clip.logit_scale, 6)
+            (0.02, 1.0)
+        """
+        return 1.0 / self.logit_scale
 
     @property
     def fingerprint(self) -> str:
@@ -125,13 +132,11 @@ class MMKDModel:
             return feats
         if not self._precision_warned:
             self._precision_warned = True
-            warnings.warn(
-                PrecisionFallbackWarning(
-                    f"A {self.precision} forward pass overflowed (NaN or inf); such batches are "
-                    "computed again in fp32. To always use fp32, pass precision='fp32'."
-                ),
-                stacklevel=4,
+            message = (
+                f"A {self.precision} forward pass overflowed (NaN or inf); such batches are "
+                "computed again in fp32. To always use fp32, pass precision='fp32'."
             )
+            warnings.warn(PrecisionFallbackWarning(message), stacklevel=4)
         return encode(batch).float()
 
     def _embed(self, encode: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor):
@@ -201,11 +206,8 @@ class MMKDModel:
         for i, ids in enumerate(hf_tok(cleaned, add_special_tokens=True)["input_ids"]):
             if len(ids) > context:
                 text = prompts[i] if len(prompts[i]) <= 60 else prompts[i][:57] + "..."
-                warnings.warn(
-                    f"Prompt {i} ({text!r}) has {len(ids)} tokens; only the first {context} "
-                    "are used. Shorten it to keep its end.",
-                    stacklevel=2,
-                )
+                cut = f"only the first {context} are used. Shorten it to keep its end."
+                warnings.warn(f"Prompt {i} ({text!r}) has {len(ids)} tokens; {cut}", stacklevel=2)
         return _trim_padding(self.tokenizer(prompts), hf_tok.pad_token_id)
 
     def encode_texts(
@@ -254,7 +256,7 @@ class MMKDModel:
         *,
         on_error: str = "raise",
     ) -> torch.Tensor:
-        """Probabilities [N, M] = softmax(exp(logit_scale) · image · textᵀ); rows sum to 1.
+        """Probabilities [N, M] = softmax(logit_scale · image · textᵀ); rows sum to 1.
 
         ``prompts``: texts or a :class:`~mmkd_utils.model.classifier.ZeroShotClassifier`.
 
@@ -271,9 +273,8 @@ class MMKDModel:
                 )
         else:
             text_features = self.encode_texts(prompts)  # tokenize checks the prompts
-        with torch.no_grad():
-            image_features = self.encode_images(images, on_error=on_error)
-            return (self.logit_scale * image_features @ text_features.T).softmax(dim=-1)
+        image_features = self.encode_images(images, on_error=on_error)  # no autograd graph
+        return (self.logit_scale * image_features @ text_features.T).softmax(dim=-1)
 
 
 def _as_image_list(images: Any) -> list[ImageInput]:
