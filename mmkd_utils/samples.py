@@ -2,7 +2,7 @@
 
 Sources and licences: ``imgs/CREDITS.md``. Endoscopy, dermatology and OCT have no sample:
 use :func:`mmkd_utils.demo.demo_images` for those. Introduced in notebook 02;
-:func:`build_collection` (notebook 03) makes a labelled folder of them.
+:func:`build_collection` (notebook 03) makes a labelled folder of both.
 """
 
 from __future__ import annotations
@@ -59,16 +59,6 @@ SAMPLES = (
 )
 
 
-def modalities() -> list[str]:
-    """The modalities that have sample images, in table order, each once.
-
-    Example:
-        >>> modalities()
-        ['X-ray', 'CT', 'MRI', 'ultrasound', 'fundus', 'pathology']
-    """
-    return list(dict.fromkeys(s.modality for s in SAMPLES))
-
-
 def sample_images(modality: str | None = None) -> list[Path]:
     """Paths of the sample PNGs in ``imgs/``: all, or those of one modality (any case).
 
@@ -81,8 +71,9 @@ def sample_images(modality: str | None = None) -> list[Path]:
     if not chosen:
         offline = want in {m.lower() for m in MISSING_MODALITIES}
         hint = " No offline sample exists for it: use mmkd_utils.demo.demo_images()." * offline
+        known = ", ".join(dict.fromkeys(s.modality for s in SAMPLES))
         raise UnknownModalityError(
-            f"No sample images of {modality!r}: choose one of {', '.join(modalities())}.{hint}"
+            f"No sample images of {modality!r}: choose one of {known}.{hint}"
         )
     found = [IMGS / s.file_name for s in chosen]
     if lacking := [p.name for p in found if not p.is_file()]:
@@ -113,19 +104,16 @@ def build_collection(
     seed: int = 0,
     size: int = 256,
 ) -> pd.DataFrame:
-    """Write a labelled collection to the new folder ``root``, one sub-folder per label
-    (:data:`LABELS`): the sample images (and the demo images), at most ``size`` pixels, as
-    ``<original>.png``, each with copies (:func:`_augment`, by ``default_rng(seed)``)
-    ``<original>__copyN.png`` until its class has ``per_class`` images, every original of a class
-    the same number. Written to a hidden folder first, renamed to ``root`` when complete.
-    Returns a row per file (:data:`COLLECTION_COLUMNS`) in the order ``embed_folder`` lists them.
+    """Write the sample (and demo) images to the new folder ``root``, a sub-folder per label
+    (:data:`LABELS`), at most ``size`` pixels: ``<original>.png`` and random copies (crop,
+    rotation, brightness; ``default_rng(seed)``) ``<original>__copyN.png``, the same number per
+    original, ``per_class`` images or more per label. Built in a hidden folder, then renamed.
+    Returns a row per file (:data:`COLLECTION_COLUMNS`), in ``embed_folder``'s order (by path).
 
     Example:
         >>> table = build_collection(tmp / "c", per_class=2, include_demo=False, size=32)
-        >>> table.groupby("label").size().tolist()  # CT has 3 samples; the others 1 or 2
-        [3, 2, 2, 2, 2, 2]
-        >>> table.iloc[:2][["original", "augmentation"]].to_numpy().tolist()
-        [['ct_abdomen', 'none'], ['ct_head', 'none']]
+        >>> table.groupby("label").size().tolist(), table.loc[0, "augmentation"]
+        ([3, 2, 2, 2, 2, 2], 'none')
     """
     root = Path(root).expanduser()
     for name, value, least in (("per_class", per_class, 1), ("size", size, 8)):
@@ -163,4 +151,4 @@ def build_collection(
 
 
 __all__ = ["COLLECTION_COLUMNS", "LABELS", "MISSING_MODALITIES", "SAMPLES", "Sample"]
-__all__ += ["build_collection", "modalities", "sample_images"]
+__all__ += ["build_collection", "sample_images"]

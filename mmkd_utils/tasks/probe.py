@@ -98,14 +98,12 @@ def _whole(name: str, values: Any, least: int, hint: str, also: Any = None) -> l
 def sample_shots(
     labels: Sequence[Any] | np.ndarray, k: int, seed: int, groups: Sequence[Any] | None = None
 ) -> np.ndarray:
-    """Indices of ``k`` examples per class (all if fewer), class by class in sorted order,
-    drawn without replacement by one ``numpy.random.default_rng(seed)``. With ``groups`` (the
-    original of each row) ``k`` counts originals: the rows of ``k`` originals per class.
+    """Indices of ``k`` examples per class (all if fewer), class by class in sorted order, drawn
+    without replacement by one ``numpy.random.default_rng(seed)``; with ``groups`` (the original
+    of each row) the rows of ``k`` originals per class.
 
     Example:
-        >>> sample_shots(["a", "b", "a", "b", "a"], k=1, seed=0).tolist()
-        [4, 3]
-        >>> sample_shots(["a", "a", "a", "b"], k=1, seed=0, groups=[1, 1, 2, 3]).tolist()
+        >>> sample_shots(["a", "a", "a", "b"], k=1, seed=0).tolist()
         [2, 3]
     """
     y, rng = np.asarray(labels, dtype=object), np.random.default_rng(seed)
@@ -120,8 +118,7 @@ def sample_shots(
 
 
 def _fit(x, y, cs: list[float], cv: int, groups=None) -> tuple[Any, float, int, float]:
-    """The probe, its C, CV folds and CV accuracy: LogisticRegressionCV (which refits the best C
-    on all rows) when every class has 2 examples (groups) for the folds, else a fixed C."""
+    """The probe, C, folds, CV accuracy: LogisticRegressionCV (it refits the best C) or fixed C."""
     owners = np.arange(len(y)) if groups is None else groups  # a group: copies of one original
     folds = min(cv, *(np.unique(owners[y == c]).size for c in np.unique(y))) if len(cs) > 1 else 0
     if folds < 2:
@@ -148,13 +145,11 @@ def linear_probe(
     groups: Sequence[Any] | None = None,
 ) -> ProbeResult:
     """Per shot count and seed: ``k`` examples per class (:func:`sample_shots`), a logistic
-    regression whose ``C`` is chosen among ``Cs`` by ``LogisticRegressionCV`` (accuracy over
-    ``min(cv=5, smallest class)`` stratified folds), scored on the test set. Embeddings: tensors,
-    arrays or ``embed_folder`` results (with ``.labels``). ``groups``: the original of each
-    training row (augmented copies share one); then ``k`` counts originals, and the folds keep
-    each original on one side (``StratifiedGroupKFold``), so no copy leaks into its own
-    validation fold. Without 2 examples (originals) per class no fold can be made: ``C`` is then
-    :data:`DEFAULT_C` (``cv_folds`` 0, ``cv_accuracy`` NaN, and a note says so).
+    regression with ``C`` chosen among ``Cs`` by ``LogisticRegressionCV`` (accuracy, ``min(cv=5,
+    smallest class)`` stratified folds), scored on the test set. ``groups``: each training row's
+    original (copies share one); then ``k`` counts originals and folds keep originals whole
+    (``StratifiedGroupKFold``: no leakage). With 1 example (original) in a class no fold can be
+    made: ``C`` is :data:`DEFAULT_C`, ``cv_folds`` 0, ``cv_accuracy`` NaN, and a note says so.
 
     Example:
         >>> y = np.repeat(["a", "b"], 20)
