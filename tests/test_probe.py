@@ -283,3 +283,69 @@ def test_groups_keep_the_copies_of_one_original_out_of_each_other_s_folds(monkey
     assert plain.table["cv_folds"].tolist() == [5]
     with pytest.raises(ProbeError, match="groups"):
         linear_probe(x, y, x, y, shots=("all",), groups=originals[:-1])
+
+
+def near_duplicates(seed: int, n: int = 40, copies: int = 5, dim: int = 64):
+    """``copies`` noisy copies of ``n`` random originals, a RANDOM label per original, rows
+    shuffled (as files in a folder would be): nothing can be learned about new originals."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 2)
+    originals = rng.permutation(np.repeat(np.arange(n), copies))
+    x = rng.normal(size=(n, dim))[originals] + 0.01 * rng.normal(size=(n * copies, dim))
+    return x, labels[originals], originals
+
+
+def test_grouped_cv_is_at_chance_on_random_labels_where_ungrouped_cv_leaks():
+    grouped, plain = [], []
+    for seed in range(3):
+        x, y, originals = near_duplicates(seed)
+        for out, groups in ((grouped, originals), (plain, None)):
+            run = linear_probe(x, y, x, y, shots=("all",), Cs=CS, groups=groups).table.iloc[0]
+            assert run.cv_folds == 5
+            out.append(run.cv_accuracy)
+    assert abs(np.mean(grouped) - 0.5) < 0.1 and max(abs(np.array(grouped) - 0.5)) < 0.2
+    assert min(plain) > 0.9  # copies of one original on both sides of a fold: leakage
+
+
+def test_with_groups_shots_count_originals_with_all_their_copies():
+    x, y, originals = near_duplicates(0)
+    idx = sample_shots(y, 2, seed=1, groups=originals)
+    assert pd.Series(originals[idx]).groupby(y[idx]).nunique().tolist() == [2, 2]
+    assert idx.size == 2 * 2 * 5  # 2 originals per class, 5 copies each
+    assert idx.tolist() == sample_shots(y, 2, seed=1, groups=originals).tolist()
+    out = linear_probe(x, y, x, y, shots=(2, 30), seeds=(1,), Cs=CS, groups=originals)
+    assert out.table["n_train"].tolist() == [20, 200]
+    assert out.table["cv_folds"].tolist() == [2, 5]
+    assert any("fewer than 30 training originals" in note for note in out.notes)
+
+
+def test_one_original_in_a_class_means_a_fixed_c_and_a_note():
+    x, y, originals = near_duplicates(1)
+    keep = (y == 0) | (originals == originals[y == 1][0])  # class 1: one original left
+    out = linear_probe(x[keep], y[keep], x, y, shots=("all",), Cs=CS, groups=originals[keep])
+    run = out.table.iloc[0]
+    assert run.C == DEFAULT_C and run.cv_folds == 0 and np.isnan(run.cv_accuracy)
+    assert any("default" in note and "1 original" in note for note in out.notes)
+
+
+def test_an_original_with_two_labels_is_refused():
+    x, y, originals = near_duplicates(2)
+    y = y.copy()
+    y[np.flatnonzero(originals == 3)[0]] = 1 - y[np.flatnonzero(originals == 3)[0]]
+    with pytest.raises(ProbeError, match="original '3' has rows of two classes"):
+        linear_probe(x, y, x, y, groups=originals)
+
+
+def test_the_cross_validated_model_is_not_fitted_a_second_time(monkeypatch, data):
+    import sklearn.linear_model
+
+    calls = []
+    real = sklearn.linear_model.LogisticRegression.fit
+
+    def spy(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(sklearn.linear_model.LogisticRegression, "fit", spy)
+    linear_probe(*data, shots=("all",), Cs=CS)
+    assert "LogisticRegression" not in calls  # LogisticRegressionCV refits the chosen C itself

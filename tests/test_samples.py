@@ -17,6 +17,7 @@ from PIL import Image
 from mmkd_utils import samples
 from mmkd_utils.demo import DEMO_MODALITIES
 from mmkd_utils.errors import MMKDError, SamplesNotFoundError, UnknownModalityError
+from mmkd_utils.prompts import modality_task
 from mmkd_utils.samples import SAMPLES, sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,3 +248,89 @@ def test_sample_images_without_repository(monkeypatch, tmp_path):
     with pytest.raises(SamplesNotFoundError, match="[Cc]lone") as info:
         sample_images()
     assert isinstance(info.value, MMKDError)
+
+
+# --- build_collection ------------------------------------------------------------------
+
+
+def _fake_demo(folder: Path) -> list[Path]:
+    """Nine small stand-ins for the published demo images, under their names."""
+    folder.mkdir()
+    paths = []
+    for i, modality in enumerate(DEMO_MODALITIES):
+        paths.append(folder / f"{modality.lower()}.png")
+        Image.new("RGB", (90, 60), (20 * i, 100, 200)).save(paths[-1])
+    return paths
+
+
+def test_collection_folders_are_the_modality_task_classes(tmp_path, monkeypatch):
+    monkeypatch.setattr(samples, "demo_images", lambda: _fake_demo(tmp_path / "demo"))
+    table = samples.build_collection(tmp_path / "c", size=64)
+    assert list(table.columns) == list(samples.COLLECTION_COLUMNS)
+    folders = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert folders == sorted(modality_task().class_names)  # all nine, named as the task's classes
+    assert sorted(table["label"].unique()) == folders
+    files = sorted(
+        p.relative_to(tmp_path / "c").as_posix() for p in (tmp_path / "c").rglob("*.png")
+    )
+    relative = [Path(p).relative_to(tmp_path / "c").as_posix() for p in table["path"]]
+    assert relative == files  # one row per file, in embed_folder's order (sorted by path)
+    per_original = table.groupby("original").size()
+    for _, group in table.groupby("label"):
+        counts = per_original[group["original"].unique()]
+        assert len(group) >= 6 and counts.nunique() == 1  # every original the same number
+        assert (counts.iloc[0] - 1) * counts.size < 6  # one image fewer each would be too few
+    assert set(table["source"]) == {"imgs", "demo"} and table["original"].nunique() == 18
+    firsts = table[table["augmentation"] == "none"]
+    assert len(firsts) == 18 and firsts["path"].map(lambda p: "__copy" not in p).all()
+    for path in table["path"]:
+        with Image.open(path) as img:
+            assert img.mode == "RGB" and max(img.size) <= 64
+
+
+def test_collection_is_deterministic_for_a_seed(tmp_path):
+    a = samples.build_collection(tmp_path / "a", include_demo=False, per_class=4, size=48)
+    b = samples.build_collection(tmp_path / "b", include_demo=False, per_class=4, size=48)
+    c = samples.build_collection(tmp_path / "c", include_demo=False, per_class=4, size=48, seed=1)
+    assert a["augmentation"].tolist() == b["augmentation"].tolist() != c["augmentation"].tolist()
+    for x, y in zip(a["path"], b["path"], strict=True):
+        assert Path(x).read_bytes() == Path(y).read_bytes()
+    copies = a[a["augmentation"] != "none"]
+    assert copies["augmentation"].str.match(r"crop \d+ %, rotated [+-]\d+°, brightness \d+ %").all()
+    assert a["label"].value_counts().to_dict() == {
+        "CT": 6,
+        "MRI": 4,
+        "chest X-ray": 4,
+        "fundus photograph": 4,
+        "histopathology": 4,
+        "ultrasound": 4,
+    }  # CT: 3 originals x 2 images; one original: itself and 3 copies
+
+
+def test_collection_refuses_a_non_empty_root_and_bad_arguments(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(MMKDError, match="not an empty folder") as info:
+        samples.build_collection(tmp_path / "full", include_demo=False)
+    assert isinstance(info.value, ValueError)
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["keep.txt"]
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    assert len(samples.build_collection(tmp_path / "empty", include_demo=False, size=16))
+    for bad in ({"per_class": 0}, {"size": 2}, {"per_class": 2.5}):
+        with pytest.raises(MMKDError, match=next(iter(bad))):
+            samples.build_collection(tmp_path / "new", include_demo=False, **bad)
+
+
+def test_a_failed_collection_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    calls = []
+
+    def failing(img, rng):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        return img, "copy"
+
+    monkeypatch.setattr(samples, "_augment", failing)
+    with pytest.raises(OSError, match="disk full"):
+        samples.build_collection(tmp_path / "c", include_demo=False)
+    assert list(tmp_path.iterdir()) == []  # neither root nor the hidden work folder

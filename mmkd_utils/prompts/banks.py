@@ -4,8 +4,10 @@ A bank (``chest_xray.yaml`` is a full example) has ``modality`` (a display name)
 ``modality_id`` (lowercase letters, digits and _), ``description``, optionally
 ``identification: {names: [other names]}``, and ``tasks: {task id: task}``. A task has
 ``classes`` (``{class: [synonyms]}`` or a list), ``templates`` (quoted, with ``{}`` once)
-and optionally ``description``, ``source`` and ``notes``. The task ``"modality"`` has one
-class per bank, with ``identification.names`` and ``description`` as synonyms.
+and optionally ``description``, ``source`` (the benchmark whose classes the task follows; the
+templates are written in the style of its reports, not taken from it) and ``notes``. The task
+``"modality"`` has one class per bank, with ``identification.names`` and ``description`` as
+synonyms. Notebook 03 (section 3.1) writes and loads a complete small bank.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from mmkd_utils.download import sha256_file
 from mmkd_utils.errors import ArgumentError, ImageLoadError, SkippedImagesWarning
 from mmkd_utils.images import pipeline
 
-__all__ = ["IMAGE_SUFFIXES", "FolderEmbeddings", "cache_folder", "embed_folder"]
+__all__ = ["IMAGE_SUFFIXES", "FolderEmbeddings", "cache_folder", "embed_folder", "list_images"]
 
 #: Image endings (any case): torchvision's IMG_EXTENSIONS (slow to import), GIF, DICOM, NIfTI.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -92,18 +92,29 @@ def _find_images(root: Path, pattern: str | None) -> list[Path]:
         raise ArgumentError(
             f"pattern={pattern!r} ({err}): pass a glob below {root}, e.g. '**/*.png', or None."
         ) from None
-    found = []
-    for top, folders, files in os.walk(root):
-        folders[:] = [f for f in folders if not f.startswith(".")]
-        found += [Path(top, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
-    found = [p for p in found if not p.name.startswith(".") and (wanted is None or p in wanted)]
+    found = [p for p in list_images(root) if wanted is None or p in wanted]
     if not found:
         matching = "" if pattern is None else f" matching {pattern!r}"
         raise ImageLoadError(
             f"No image files{matching} under {root} (hidden ones are ignored; images end in "
             f"{', '.join(IMAGE_SUFFIXES)}). Check the folder and the pattern."
         )
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return found
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (:data:`IMAGE_SUFFIXES`) under ``folder``, hidden ones left out, sorted.
+
+    Example:
+        >>> [path.name for path in list_images(imgs)][:2]
+        ['ct_abdomen.png', 'ct_head.png']
+    """
+    top, found = Path(folder), []
+    for parent, folders, files in os.walk(top):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(parent, n) for n in files if n.lower().endswith(IMAGE_SUFFIXES)]
+    found = [path for path in found if not path.name.startswith(".")]
+    return sorted(found, key=lambda path: path.relative_to(top).as_posix())
 
 
 def cache_folder(model: Any, cache: bool | str | os.PathLike = True) -> Path | None:

@@ -19,7 +19,7 @@ from sklearn import metrics
 
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
 from mmkd_utils.model.classifier import ZeroShotClassifier
-from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES
+from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES, list_images
 
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
@@ -101,20 +101,6 @@ def find_class_folders(root: str | os.PathLike) -> list[Path]:
         loose = f"it holds {_loose_images(path)} images directly"
         raise EvaluationError(f"{path} has no class sub-folders ({loose}): put each class in one.")
     return [path / name for name in names]
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files (:data:`IMAGE_SUFFIXES`) under ``folder``, hidden ones left out, sorted.
-
-    Example:
-        >>> [path.name for path in list_images(imgs)][:2]
-        ['ct_abdomen.png', 'ct_head.png']
-    """
-    top, found = Path(folder), []
-    for parent, folders, files in os.walk(top):
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        found += [Path(parent, name) for name in files if _is_image(name)]
-    return sorted(found, key=lambda path: path.relative_to(top).as_posix())
 
 
 def _key(name: str) -> str:

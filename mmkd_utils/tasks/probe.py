@@ -22,7 +22,7 @@ DEFAULT_SHOTS, DEFAULT_SEEDS, DEFAULT_CS = (1, 2, 4, 8, 16, "all"), (0, 1, 2), n
 #: C when cross-validation is impossible (scikit-learn's default); most folds; max_iter.
 DEFAULT_C, DEFAULT_FOLDS, MAX_ITER = 1.0, 5, 1000
 #: Columns of :attr:`ProbeResult.table` and :attr:`ProbeResult.summary`.
-TABLE_COLUMNS = ("shots", "seed", "n_train", "C", "cv_folds", "accuracy")
+TABLE_COLUMNS = ("shots", "seed", "n_train", "C", "cv_folds", "cv_accuracy", "accuracy")
 SUMMARY_COLUMNS = ("shots", "mean_accuracy", "std", "runs")
 
 __all__ = ["DEFAULT_C", "DEFAULT_CS", "ProbeError", "ProbeResult", "linear_probe", "sample_shots"]
@@ -95,28 +95,41 @@ def _whole(name: str, values: Any, least: int, hint: str, also: Any = None) -> l
     return list(dict.fromkeys(v if v == also else int(v) for v in values))
 
 
-def sample_shots(labels: Sequence[Any] | np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Indices of ``k`` examples per class (all if fewer), class by class in sorted order,
-    drawn without replacement by one ``numpy.random.default_rng(seed)``.
+def sample_shots(
+    labels: Sequence[Any] | np.ndarray, k: int, seed: int, groups: Sequence[Any] | None = None
+) -> np.ndarray:
+    """Indices of ``k`` examples per class (all if fewer), class by class in sorted order, drawn
+    without replacement by one ``numpy.random.default_rng(seed)``; with ``groups`` (the original
+    of each row) the rows of ``k`` originals per class.
 
     Example:
-        >>> sample_shots(["a", "b", "a", "b", "a"], k=1, seed=0).tolist()
-        [4, 3]
+        >>> sample_shots(["a", "a", "a", "b"], k=1, seed=0).tolist()
+        [2, 3]
     """
     y, rng = np.asarray(labels, dtype=object), np.random.default_rng(seed)
-    members = [np.flatnonzero(y == c) for c in np.unique(y)]
-    return np.concatenate([rng.choice(m, size=min(int(k), m.size), replace=False) for m in members])
+    units = np.arange(len(y)) if groups is None else np.asarray(groups, dtype=object)
+    picked = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        owners = pd.unique(units[members])
+        chosen = owners[rng.choice(owners.size, size=min(int(k), owners.size), replace=False)]
+        picked.append(chosen if groups is None else members[np.isin(units[members], chosen)])
+    return np.concatenate(picked).astype(int)
 
 
-def _choose_c(x, y, cs: list[float], cv: int, groups=None) -> tuple[float, int]:
+def _fit(x, y, cs: list[float], cv: int, groups=None) -> tuple[Any, float, int, float]:
+    """The probe, C, folds, CV accuracy: LogisticRegressionCV (it refits the best C) or fixed C."""
     owners = np.arange(len(y)) if groups is None else groups  # a group: copies of one original
     folds = min(cv, *(np.unique(owners[y == c]).size for c in np.unique(y))) if len(cs) > 1 else 0
     if folds < 2:
-        return (cs[0] if len(cs) == 1 else DEFAULT_C), 0
+        c = cs[0] if len(cs) == 1 else DEFAULT_C
+        return LogisticRegression(C=c, max_iter=MAX_ITER).fit(x, y), c, 0, np.nan
     splits = StratifiedKFold(folds) if groups is None else StratifiedGroupKFold(folds)
-    splits = list(splits.split(x, y, groups))
-    search = LogisticRegressionCV(Cs=cs, cv=splits, scoring="accuracy", max_iter=MAX_ITER)
-    return float(np.ravel(search.fit(x, y).C_)[0]), folds
+    clf = LogisticRegressionCV(
+        Cs=cs, cv=list(splits.split(x, y, groups)), scoring="accuracy", max_iter=MAX_ITER
+    ).fit(x, y)
+    cv_accuracy = next(iter(clf.scores_.values())).mean(axis=0).max()  # [folds, Cs]
+    return clf, float(np.ravel(clf.C_)[0]), folds, float(cv_accuracy)
 
 
 def linear_probe(
@@ -131,13 +144,12 @@ def linear_probe(
     cv: int | None = None,
     groups: Sequence[Any] | None = None,
 ) -> ProbeResult:
-    """Per shot count and seed: ``k`` examples per class (:func:`sample_shots`), ``C`` chosen by
-    ``LogisticRegressionCV`` (accuracy, ``StratifiedKFold(min(cv=5, smallest class))``; no search
-    for one ``Cs`` value, :data:`DEFAULT_C` for a 1-example class), a ``LogisticRegression`` scored
-    on the test set. Embeddings: tensors, arrays or ``embed_folder`` results (with ``.labels``).
-    ``groups``: the original image of each training row (augmented copies share one); the folds
-    that choose ``C`` then keep each group on one side (``StratifiedGroupKFold``), no leakage;
-    shots still count rows per class, so k shots may be copies of fewer than k originals.
+    """Per shot count and seed: ``k`` examples per class (:func:`sample_shots`), a logistic
+    regression with ``C`` chosen among ``Cs`` by ``LogisticRegressionCV`` (accuracy, ``min(cv=5,
+    smallest class)`` stratified folds), scored on the test set. ``groups``: each training row's
+    original (copies share one); then ``k`` counts originals and folds keep originals whole
+    (``StratifiedGroupKFold``: no leakage). With 1 example (original) in a class no fold can be
+    made: ``C`` is :data:`DEFAULT_C`, ``cv_folds`` 0, ``cv_accuracy`` NaN, and a note says so.
 
     Example:
         >>> y = np.repeat(["a", "b"], 20)
@@ -152,15 +164,20 @@ def linear_probe(
             f"train_embeddings has {x_train.shape[1]}-d rows but test_embeddings has "
             f"{x_test.shape[1]}-d rows: embed both with the same model."
         )
-    classes, y_train, counts = np.unique(y_train, return_inverse=True, return_counts=True)
+    classes, y_train = np.unique(y_train, return_inverse=True)
     if classes.size < 2:
         raise ProbeError(f"train_labels has only class {classes[0]!r}; need at least 2 classes.")
     unseen = ", ".join(repr(c) for c in np.unique(y_test).tolist() if c not in classes.tolist())
     if unseen:
         raise ProbeError(f"test_labels has classes not in train_labels: {unseen}; drop them.")
     y_test = np.searchsorted(classes, y_test)
-    if groups is not None and len(groups := np.asarray(groups, dtype=object)) != len(y_train):
-        raise ProbeError(f"groups has {len(groups)} entries for {len(y_train)} training rows.")
+    units = np.arange(len(y_train)) if groups is None else np.asarray(groups, dtype=object)
+    if len(units) != len(y_train):
+        raise ProbeError(f"groups has {len(units)} entries for {len(y_train)} training rows.")
+    per_unit = pd.Series(y_train).groupby(units).nunique()
+    if (per_unit > 1).any():
+        raise ProbeError(f"groups: original {str(per_unit.idxmax())!r} has rows of two classes.")
+    counts = pd.Series(units).groupby(y_train).nunique().to_numpy()  # examples (originals)
     shot_list = _whole("shots", shots, 1, "pass whole numbers >= 1 or 'all'", also="all")
     seed_list = _whole("seeds", seeds, 0, "pass whole numbers >= 0, e.g. (0, 1, 2)")
     grid = np.atleast_1d(np.asarray(DEFAULT_CS if Cs is None else Cs, dtype=np.float64))
@@ -169,26 +186,29 @@ def linear_probe(
     cs = sorted(set(grid.tolist()))
     folds = _whole("cv", DEFAULT_FOLDS if cv is None else cv, 2, "pass 2 or more, or None")[0]
 
-    notes, rows, unconverged = [], [], 0
+    notes, rows, unconverged, every = [], [], 0, np.arange(len(y_train))
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # counted below, in a note
         warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
         for k in shot_list:
             if k != "all" and (counts < k).any():
                 few = ", ".join(f"{classes[i]!r} ({counts[i]})" for i in np.flatnonzero(counts < k))
-                why = f"have fewer than {k} training examples and used all of them (see n_train)"
+                what = "examples" if groups is None else "originals"
+                why = f"have fewer than {k} training {what} and used all of them (see n_train)"
                 notes.append(f"{k}-shot: class(es) {few} {why}.")
             for seed in [None] if k == "all" else seed_list:
-                idx = np.arange(len(y_train)) if k == "all" else sample_shots(y_train, k, seed)
-                g = None if groups is None else groups[idx]
-                c, n_folds = _choose_c(x_train[idx], y_train[idx], cs, folds, g)
-                clf = LogisticRegression(C=c, max_iter=MAX_ITER).fit(x_train[idx], y_train[idx])
-                unconverged += int(clf.n_iter_.max() >= MAX_ITER)
+                idx = every if k == "all" else sample_shots(y_train, k, seed, groups)
+                g = None if groups is None else units[idx]
+                clf, c, n_folds, cv_acc = _fit(x_train[idx], y_train[idx], cs, folds, g)
+                unconverged += int(np.max(clf.n_iter_) >= MAX_ITER)
                 accuracy = float(np.mean(clf.predict(x_test) == y_test))
-                rows.append((k, seed, idx.size, c, n_folds, accuracy))
+                rows.append((k, seed, idx.size, c, n_folds, cv_acc, accuracy))
     if len(cs) > 1 and (defaulted := ", ".join(dict.fromkeys(str(r[0]) for r in rows if not r[4]))):
-        why = "a 1-example class" if groups is None else "a class with 1 example or 1 group"
-        notes.append(f"For shots {defaulted} ({why}) C is the default {DEFAULT_C}.")
+        why = "a class has 1 training example" if groups is None else "a class has 1 original"
+        notes.append(
+            f"For shots {defaulted} C is the default {DEFAULT_C}, not chosen by "
+            f"cross-validation: {why}, too few for folds."
+        )
     if unconverged:
         notes.append(f"{unconverged} fit(s) stopped at max_iter={MAX_ITER} before converging.")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS).astype({"shots": object, "seed": "Int64"})
