@@ -47,11 +47,12 @@ def test_a_notebook_that_grows_no_longer_agrees_until_rewritten(times, tmp_path)
     nbformat.write(notebook, path)
 
     assert times.estimate(path).total[0] > before[0]
-    assert len(times.disagreements([path], readme)) == 2  # the bullet and the README row
+    no_guide = tmp_path / "INSTRUCTORS.md"
+    assert len(times.disagreements([path], readme, no_guide)) == 2  # the bullet and the README row
 
     hardware = times.time_cell(nbformat.read(path, as_version=4)).source.split("- A **CPU")[1]
-    times.write([path], readme)
-    assert times.disagreements([path], readme) == []
+    times.write([path], readme, no_guide)
+    assert times.disagreements([path], readme, no_guide) == []
     cell = times.time_cell(nbformat.read(path, as_version=4)).source
     assert cell.split("- A **CPU")[1] == hardware  # the other bullets are kept
     assert cell.count("- About **") == 1

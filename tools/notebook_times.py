@@ -21,18 +21,20 @@ learner, made of four parts:
 * **outputs**: 15 to 30 seconds per code cell to run it and look at what it shows (a
   line, a table or a figure).
 * **running**: the seconds the notebook's cells take on a CPU with the released
-  model's shapes, recorded in ``tools/notebook_times.json`` (see ``--measure``). Under
-  the test harness the tiny random model runs each notebook in 9 to 25 s; a checkpoint
-  of random weights with exactly the released shapes has the real model's load and
-  encode costs, which the learner waits for. Downloads on the first run are not
+  model's shapes, recorded in ``tools/notebook_times.json`` (see ``--measure``). The
+  tiny random model of the test harness is much faster; a checkpoint of random weights
+  with exactly the released shapes has the real model's load and encode costs, which the
+  learner waits for. Downloads on the first run are not
   included (784 MB of weights; see the notebooks' "Time and hardware" sections).
 * **exercise**: one exercise, ``EXERCISE_MIN`` = 10 to 15 minutes.
 
 "Reading" below is prose + code + outputs. Each end of a range is rounded to the nearest
 5 minutes. ``--write`` puts the total into the "Time and hardware" section of each
-notebook (the bullet that starts ``- About **``; the other bullets are kept) and into
-the time column of the README's notebook table; ``tests/test_notebook_times.py`` fails
-when they disagree with the estimate, e.g. after a notebook grew.
+notebook (the bullet that starts ``- About **``; the other bullets are kept), into
+the time column of the README's notebook table and into the marked times of
+``notebooks/INSTRUCTORS.md`` (``<!-- time:03 -->…<!-- /time -->``, sums as
+``time:01+03``); ``tests/test_notebook_times.py`` fails when they disagree with the
+estimate, e.g. after a notebook grew.
 
 Usage (from the repository root)::
 
@@ -67,6 +69,7 @@ import nbformat
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 README = REPO / "README.md"
+GUIDE = NOTEBOOKS / "INSTRUCTORS.md"
 RECORDED = Path(__file__).with_suffix(".json")
 
 PROSE_WPM = (200, 150)  # words per minute: quick reader, careful reader
@@ -77,6 +80,8 @@ STEP = 5  # minutes: each end of a range is rounded to this
 
 BULLET = re.compile(r"^- About \*\*.*?(?=^- |^\s*$|\Z)", re.M | re.S)
 README_ROW = re.compile(r"^\| (\d\d) \|")
+#: In the instructor guide: ``<!-- time:03 -->…<!-- /time -->``, ``time:01+03`` or ``time:all``.
+GUIDE_TIME = re.compile(r"<!-- time:([\d+]+|all) -->(.*?)<!-- /time -->")
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,12 @@ class Estimate:
     suffix: str  # e.g. ", plus the downloads"
 
     @property
+    def unrounded(self) -> tuple[float, float]:
+        return tuple(r + self.running + x for r, x in zip(self.reading, self.exercise, strict=True))
+
+    @property
     def total(self) -> tuple[int, int]:
-        low = self.reading[0] + self.running + self.exercise[0]
-        high = self.reading[1] + self.running + self.exercise[1]
-        return rounded_range(low, high)
+        return rounded_range(*self.unrounded)
 
 
 def round_to_step(minutes: float) -> int:
@@ -189,6 +196,19 @@ def readme_time(e: Estimate) -> str:
     return f"{lo}–{hi} min" + (" + downloads" if "download" in e.suffix else "")
 
 
+def guide_time(key: str, estimates: dict[str, Estimate]) -> str:
+    """The guide's text for a marker: one notebook ("03"), a sum ("01+03") or "all"."""
+    chosen = list(estimates.values()) if key == "all" else [estimates[k] for k in key.split("+")]
+    lo, hi = rounded_range(*(sum(e.unrounded[i] for e in chosen) for i in (0, 1)))
+    downloads = any("download" in e.suffix for e in chosen)
+    return f"{lo}–{hi} min" + (" + downloads" if downloads else "")
+
+
+def _estimates(paths: list[Path] | None) -> dict[str, Estimate]:
+    records = recorded()
+    return {path.name[:2]: estimate(path, records) for path in paths or main_notebooks()}
+
+
 def time_cell(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     for cell in notebook.cells:
         if cell.cell_type == "markdown" and "## Time and hardware" in cell.source:
@@ -215,8 +235,11 @@ def readme_times(readme: Path = README) -> dict[str, str]:
     return times
 
 
-def disagreements(paths: list[Path] | None = None, readme: Path = README) -> list[str]:
-    """Where a notebook's bullet or the README's time column differs from the estimate."""
+def disagreements(
+    paths: list[Path] | None = None, readme: Path = README, guide: Path = GUIDE
+) -> list[str]:
+    """Where a notebook's bullet, the README's time column or the guide's times differ from
+    the estimate."""
     problems, records = [], recorded()
     column = readme_times(readme)
     for path in paths or main_notebooks():
@@ -228,11 +251,18 @@ def disagreements(paths: list[Path] | None = None, readme: Path = README) -> lis
             problems.append(
                 f"README row {number}: time {column.get(number)!r}, not {readme_time(e)!r}"
             )
+    if guide.exists():
+        estimates = _estimates(paths)
+        for match in GUIDE_TIME.finditer(guide.read_text(encoding="utf-8")):
+            if match.group(2) != (want := guide_time(match.group(1), estimates)):
+                problems.append(
+                    f"{guide.name}: time:{match.group(1)} is {match.group(2)!r}, not {want!r}"
+                )
     return problems
 
 
-def write(paths: list[Path] | None = None, readme: Path = README) -> None:
-    """Rewrite each notebook's time bullet and the README's time column."""
+def write(paths: list[Path] | None = None, readme: Path = README, guide: Path = GUIDE) -> None:
+    """Rewrite each notebook's time bullet, the README's time column and the guide's times."""
     records, times = recorded(), {}
     for path in paths or main_notebooks():
         e = estimate(path, records)
@@ -252,6 +282,15 @@ def write(paths: list[Path] | None = None, readme: Path = README) -> None:
             cells[4] = f" {times[match.group(1)]} "
             lines[i] = "|".join(cells)
     readme.write_text("\n".join(lines), encoding="utf-8")
+    if guide.exists():
+        estimates = _estimates(paths)
+        text = GUIDE_TIME.sub(
+            lambda m: (
+                f"<!-- time:{m.group(1)} -->{guide_time(m.group(1), estimates)}<!-- /time -->"
+            ),
+            guide.read_text(encoding="utf-8"),
+        )
+        guide.write_text(text, encoding="utf-8")
 
 
 def table(paths: list[Path] | None = None) -> str:
