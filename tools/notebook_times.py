@@ -40,7 +40,7 @@ Usage (from the repository root)::
 
     python tools/notebook_times.py              # the table
     python tools/notebook_times.py --write      # rewrite the notebooks' bullet and the README
-    python tools/notebook_times.py --measure    # run the notebooks again, update the json
+    python tools/notebook_times.py --measure [notebooks/0x_....ipynb ...]  # update the json
 
 ``--measure`` runs every main notebook as ``notebooks/test_notebooks.py`` does, twice: on
 the tiny test model, and on a checkpoint with random weights of the released shapes
@@ -52,10 +52,12 @@ full-size models to three.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import json
 import math
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -340,7 +342,7 @@ def _real_shape_checkpoint(scratch: Path) -> Path:
     return next(p for p in (scratch / "home" / "converted").iterdir() if p.is_dir())
 
 
-def measure(real_shape: bool) -> dict[str, float]:
+def measure(real_shape: bool, paths: list[Path] | None = None) -> dict[str, float]:
     """Seconds per main notebook, run as the test harness runs it."""
     environment = _load(NOTEBOOKS / "conftest.py", "mmkd_nb_conftest")
     runner = _load(NOTEBOOKS / "test_notebooks.py", "mmkd_nb_runner")
@@ -352,7 +354,7 @@ def measure(real_shape: bool) -> dict[str, float]:
             os.environ.update(MMKD_CHECKPOINT=converted, MMKD_UNIMED_CHECKPOINT=converted)
         try:
             with environment.notebook_environment():
-                for path in main_notebooks():
+                for path in paths or main_notebooks():
                     start = time.perf_counter()
                     runner.run_notebook(path)
                     seconds[path.stem] = round(time.perf_counter() - start, 1)
@@ -368,13 +370,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="rewrite notebooks and README")
     parser.add_argument("--check", action="store_true", help="exit 1 if they disagree")
     parser.add_argument("--measure", action="store_true", help="measure running times again")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="measure only these")
     args = parser.parse_args(argv)
     if args.measure:
-        data = recorded()
-        tiny, real = measure(real_shape=False), measure(real_shape=True)
-        for name, entry in data["notebooks"].items():
-            entry.update(tiny_s=tiny[name], real_shape_s=real[name])
-        RECORDED.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", "utf-8")
+        data, paths = recorded(), [p.resolve() for p in args.notebooks] or None
+        tiny, real = measure(False, paths), measure(True, paths)
+        for name in tiny:
+            data["notebooks"][name].update(tiny_s=tiny[name], real_shape_s=real[name])
+        data["machine"] = (
+            f"{os.cpu_count()} cores ({platform.machine()}), load average "
+            f"{os.getloadavg()[0]:.1f} after the runs, {datetime.date.today()}"
+        )
+        entries = ",\n".join(
+            f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}"
+            for k, v in data["notebooks"].items()
+        )
+        head = {k: v for k, v in data.items() if k != "notebooks"}
+        text = json.dumps(head, indent=1, ensure_ascii=False)[:-2]
+        RECORDED.write_text(f'{text},\n "notebooks": {{\n{entries}\n }}\n}}\n', "utf-8")
     if args.write:
         write()
     print(table())
