@@ -17,7 +17,7 @@ from huggingface_hub import constants, try_to_load_from_cache
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from mmkd_utils.config import cache_dir, default_checkpoint_path, env_path
+from mmkd_utils.config import MANIFEST_NAME, cache_dir, default_checkpoint_path, env_path
 from mmkd_utils.demo import DEMO_IMAGE_NAMES, DEMO_SHA256, demo_image_dir
 from mmkd_utils.download import sha256_file
 from mmkd_utils.model.checkpoint import read_checkpoint
@@ -105,6 +105,8 @@ def _cache() -> tuple[str, ...]:
     there = next(p for p in (folder, *folder.parents) if p.exists())
     fix = "set MMKD_HOME to a writable folder with 2 GB free (or fix its permissions)"
     if not (there.is_dir() and os.access(there, os.W_OK)):
+        if (folder / MANIFEST_NAME).is_file():  # read-only is how a classroom kit is shared
+            return OK, f"{folder}: a read-only classroom kit (mmkd-clip download --check)"
         return ERROR, f"{folder}: cannot write in {there}", fix
     free = shutil.disk_usage(there).free / 1e9  # the weights and their converted copy: 1.6 GB
     return OK if free >= 2 else WARNING, f"{folder} (writable, {free:.1f} GB free)", fix

@@ -198,6 +198,17 @@ def test_read_only_cache_folder(tmp_path, monkeypatch):
     assert check.status == "ERROR" and "MMKD_HOME" in check.fix
 
 
+@pytest.mark.parametrize("kit", [False, True])
+def test_a_read_only_home_is_fine_only_as_a_classroom_kit(tmp_path, monkeypatch, kit):
+    monkeypatch.setenv("MMKD_HOME", str(tmp_path))
+    monkeypatch.setattr(doc.os, "access", lambda path, mode: False)  # read-only, even for root
+    if kit:
+        (tmp_path / "MANIFEST.sha256").write_text("")
+    check = _checks()["cache folder"]
+    assert check.status == ("OK" if kit else "ERROR")
+    assert ("download --check" in check.detail) == kit
+
+
 def test_cache_folder_not_created_yet_is_fine(tmp_path, monkeypatch):
     monkeypatch.setenv("MMKD_HOME", str(tmp_path / "new" / "cache"))
     check = _checks()["cache folder"]
