@@ -76,7 +76,7 @@ with open(REPO / "pyproject.toml", "rb") as _file:
 #: each notebook's Colab setup cell installs ([tool.mmkd-notebooks.colab]).
 COLAB_REPO, COLAB_TABLE = SET_REPOSITORY.read_settings(REPO)
 #: Code that reads the sample images of imgs/ (the Colab cell must clone the repository).
-USES_SAMPLES_RE = re.compile(r"\b(?:sample_images|bundled_images|SAMPLES)\b|imgs/")
+USES_SAMPLES_RE = re.compile(r"\b(?:sample_images|bundled_images|SAMPLES|build_collection)\b|imgs/")
 PYDICOM_OWN_FILES = {p.name for p in (Path(pydicom.__file__).parent / "data").rglob("*")}
 
 
