@@ -18,7 +18,6 @@ from mmkd_utils.images.decode import ImageInput, to_rgb
 
 #: Images per forward pass on the CPU: bounded memory on a 16 GB laptop.
 DEFAULT_BATCH_SIZE = 32
-#: Most worker processes used by default.
 MAX_WORKERS = 4
 
 
