@@ -1,9 +1,6 @@
-"""Error and warning types of :mod:`mmkd_utils`, all in one place.
-
-Every error the package raises for a bad input, a missing file or a failed download is
-an :class:`MMKDError` (one ``except MMKDError`` catches them all) and also the built-in
-exception it stands for, so ``except ValueError`` works too. Each message names the
-input and says what to do.
+"""Error and warning types of :mod:`mmkd_utils`. Every error for a bad input, a missing file or
+a failed download is an :class:`MMKDError` and also the built-in it stands for, so ``except
+MMKDError`` and ``except ValueError`` both work. Each message names the input and what to do.
 
 Example:
     >>> issubclass(ImageLoadError, MMKDError), issubclass(ImageLoadError, ValueError)
@@ -101,10 +98,7 @@ class UnknownModalityError(MMKDError, ValueError):
 
 
 class SkippedImagesWarning(UserWarning):
-    """Unreadable images were skipped (``on_error="skip"``); ``failures`` lists each.
-
-    ``failures`` holds ``(index, image, reason)``, so returned rows can be matched to inputs.
-    """
+    """Images skipped by ``on_error="skip"``; ``failures`` holds ``(index, image, reason)``."""
 
     def __init__(self, message: str, failures: list[tuple[int, str, str]]) -> None:
         super().__init__(message)

@@ -1,15 +1,6 @@
-"""The one image pipeline: a ``Dataset`` that decodes and preprocesses, and its ``DataLoader``.
-
-Everything that embeds many images (``MMKDModel.encode_images``, ``embed_folder``,
-``evaluate_folder``) batches them here. An image that cannot be read does not stop its
-batch: it comes back as a value in :attr:`Batch.failures`, and the caller raises or
-skips it.
-
-Example:
-    >>> import torchvision.transforms as T
-    >>> batches = list(image_batches([xray, "missing.png"], T.ToTensor(), batch_size=2))
-    >>> batches[0].indices, [i for i, _ in batches[0].failures]
-    ([0], [1])
+"""The one image pipeline (``encode_images``, ``embed_folder``...): a ``Dataset`` that decodes
+and preprocesses, and its ``DataLoader``. An image that cannot be read does not stop its
+batch: it comes back in :attr:`Batch.failures`, and the caller raises or skips it.
 """
 
 from __future__ import annotations
@@ -27,7 +18,6 @@ from mmkd_utils.images.decode import ImageInput, to_rgb
 
 #: Images per forward pass on the CPU: bounded memory on a 16 GB laptop.
 DEFAULT_BATCH_SIZE = 32
-#: Most worker processes used by default.
 MAX_WORKERS = 4
 
 
@@ -62,20 +52,12 @@ class ImageDataset(Dataset):
             return i, None, err
         except Exception as err:  # any decoder failure is reported, never fatal here
             name = os.fsdecode(image) if isinstance(image, (str, bytes, os.PathLike)) else "image"
-            return (
-                i,
-                None,
-                ImageLoadError(f"{name} could not be read ({type(err).__name__}: {err})"),
-            )
+            error = ImageLoadError(f"{name} could not be read ({type(err).__name__}: {err})")
+            return i, None, error
 
 
-def collate(items: list[tuple[int, torch.Tensor | None, ImageLoadError | None]]) -> Batch:
-    """Stack the pixels of the images that loaded; keep the failures beside them.
-
-    Example:
-        >>> collate([(0, torch.zeros(3, 2, 2), None), (1, None, ImageLoadError("bad"))]).indices
-        [0]
-    """
+def _collate(items: list[tuple[int, torch.Tensor | None, ImageLoadError | None]]) -> Batch:
+    """Stack the pixels of the images that loaded; keep the failures beside them."""
     ok = [(i, px) for i, px, _ in items if px is not None]
     return Batch(
         indices=[i for i, _ in ok],
@@ -107,13 +89,8 @@ def default_num_workers(n_images: int, batch_size: int = DEFAULT_BATCH_SIZE) -> 
     return 0 if n_images < 2 * batch_size else min(MAX_WORKERS, usable_cpus())
 
 
-def check_count(value: Any, name: str, default: int | None, minimum: int = 1) -> int | None:
-    """``value`` if it is a whole number ≥ ``minimum``, ``default`` for None; else ArgumentError.
-
-    Example:
-        >>> check_count(None, "batch_size", 32), check_count(0, "num_workers", None, minimum=0)
-        (32, 0)
-    """
+def _check_count(value: Any, name: str, default: int | None, minimum: int = 1) -> int | None:
+    """``value`` if it is a whole number ≥ ``minimum``, ``default`` for None; else ArgumentError."""
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -128,7 +105,7 @@ def check_batch_size(batch_size: Any, default: int = DEFAULT_BATCH_SIZE) -> int:
         >>> check_batch_size(None), check_batch_size(8)
         (32, 8)
     """
-    return check_count(batch_size, "batch_size", default)
+    return _check_count(batch_size, "batch_size", default)
 
 
 def check_num_workers(num_workers: Any) -> int | None:
@@ -138,7 +115,7 @@ def check_num_workers(num_workers: Any) -> int | None:
         >>> check_num_workers(2)
         2
     """
-    return check_count(num_workers, "num_workers", None, minimum=0)
+    return _check_count(num_workers, "num_workers", None, minimum=0)
 
 
 def image_loader(
@@ -158,7 +135,7 @@ def image_loader(
     """
     dataset = images if isinstance(images, Dataset) else ImageDataset(images, preprocess)
     return DataLoader(
-        dataset, batch_size, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory
+        dataset, batch_size, num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory
     )
 
 
@@ -184,15 +161,11 @@ def image_batches(
     size, dataset = check_batch_size(batch_size), ImageDataset(images, preprocess)
     workers = check_num_workers(num_workers)
     workers = default_num_workers(len(dataset), size) if workers is None else workers
-    done = 0
+    done, kwargs = 0, {"batch_size": size, "pin_memory": pin_memory}
     if workers > 0:
         it = None
         try:
-            it = iter(
-                image_loader(
-                    dataset, preprocess, batch_size=size, num_workers=workers, pin_memory=pin_memory
-                )
-            )
+            it = iter(image_loader(dataset, preprocess, num_workers=workers, **kwargs))
             for batch in it:
                 done += len(batch.indices) + len(batch.failures)
                 yield batch
@@ -206,4 +179,4 @@ def image_batches(
         finally:
             del it  # shuts the worker processes down now, even if the caller raised
     rest = Subset(dataset, range(done, len(dataset)))  # items keep their own positions
-    yield from image_loader(rest, preprocess, batch_size=size, pin_memory=pin_memory)
+    yield from image_loader(rest, preprocess, **kwargs)

@@ -41,13 +41,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         problem = "it is empty" if not head else "it is not a torch checkpoint"
     if not head.startswith((b"PK", b"\x80")):
         raise CheckpointError(f"Cannot read {path}: {problem}. Download it again.")
+    mmap = zipfile.is_zipfile(path)  # the legacy (non-zip) format cannot be memory-mapped
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # the legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(err):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if "weights" not in str(err).lower():
             raise CheckpointError(f"Cannot read {path}: it is not a torch checkpoint.") from err

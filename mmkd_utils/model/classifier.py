@@ -1,8 +1,5 @@
-"""Zero-shot classifiers: one weight vector per class, averaged over prompt templates.
-
-Each prompt of a class (every template filled with every synonym) is embedded and
-L2-normalised; their mean, normalised again, is the class's weight vector.
-"""
+"""Zero-shot classifiers: one weight vector per class, the normalised mean of the normalised
+embeddings of its prompts (every template filled with every synonym)."""
 
 from __future__ import annotations
 
@@ -57,10 +54,5 @@ def build_classifier(
     temps = check_templates(templates)
     prompts = tuple(class_prompts(names, temps) for names in synonyms.values())
     embeddings = F.normalize(encode_texts([p for group in prompts for p in group]).float(), dim=-1)
-    weights = [chunk.mean(dim=0) for chunk in embeddings.split([len(g) for g in prompts])]
-    return ZeroShotClassifier(
-        class_names=tuple(synonyms),
-        prompts=prompts,
-        weights=F.normalize(torch.stack(weights), dim=-1),
-        name=name,
-    )
+    weights = torch.stack([c.mean(dim=0) for c in embeddings.split([len(g) for g in prompts])])
+    return ZeroShotClassifier(tuple(synonyms), prompts, F.normalize(weights, dim=-1), name)

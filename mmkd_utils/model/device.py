@@ -32,10 +32,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
     if dev.type in available and not available[dev.type]():
         name = "CUDA" if dev.type == "cuda" else "Apple MPS"
-        raise ArgumentError(
-            f"device={device!r} was asked for but {name} is not available here; "
-            "use device='auto' or 'cpu'."
-        )
+        raise ArgumentError(f"device={device!r}: {name} is not available; use 'auto' or 'cpu'.")
     return dev
 
 
