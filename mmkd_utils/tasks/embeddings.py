@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import platformdirs
 import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.concurrent import thread_map
@@ -120,6 +121,9 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 def cache_folder(model: Any, cache: bool | str | os.PathLike = True) -> Path | None:
     """Where :func:`embed_folder` keeps ``model``'s embeddings; ``cache``: True, False or a folder.
 
+    True: ``cache_dir()/"embeddings"``, or, when that home is read-only (a classroom kit), the
+    ``embeddings`` folder in the user's own cache. A folder you pass is always used as it is.
+
     Example:
         >>> cache_folder(clip).parent.name, cache_folder(clip, cache=False)
         ('embeddings', None)
@@ -128,7 +132,13 @@ def cache_folder(model: Any, cache: bool | str | os.PathLike = True) -> Path | N
         return None
     if cache is not True and not isinstance(cache, (str, os.PathLike)):
         raise ArgumentError(f"cache={cache!r}: pass True, False or a folder path.")
-    base = cache_dir() / "embeddings" if cache is True else Path(cache).expanduser()
+    home = cache_dir()
+    if cache is not True:
+        base = Path(cache).expanduser()
+    elif os.access(next(p for p in (home, *home.parents) if p.exists()), os.W_OK):
+        base = home / "embeddings"
+    else:
+        base = Path(platformdirs.user_cache_dir("mmkd-clip", False)) / "embeddings"
     return base / model.fingerprint[:16]
 
 
