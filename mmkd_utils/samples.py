@@ -148,7 +148,3 @@ def build_collection(
         raise
     table = pd.DataFrame(sorted(rows), columns=COLLECTION_COLUMNS)  # by path, as embed_folder
     return table.assign(path=[str(root / path) for path in table.path])
-
-
-__all__ = ["COLLECTION_COLUMNS", "LABELS", "MISSING_MODALITIES", "SAMPLES", "Sample"]
-__all__ += ["build_collection", "sample_images"]

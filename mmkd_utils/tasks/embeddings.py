@@ -32,8 +32,6 @@ from mmkd_utils.download import sha256_file
 from mmkd_utils.errors import ArgumentError, ImageLoadError, SkippedImagesWarning
 from mmkd_utils.images import pipeline
 
-__all__ = ["IMAGE_SUFFIXES", "FolderEmbeddings", "cache_folder", "embed_folder", "list_images"]
-
 #: Image endings (any case): torchvision's IMG_EXTENSIONS (slow to import), GIF, DICOM, NIfTI.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGE_SUFFIXES += (".gif", ".dcm", ".dicom", ".nii", ".nii.gz")

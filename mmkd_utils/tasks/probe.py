@@ -25,8 +25,6 @@ DEFAULT_C, DEFAULT_FOLDS, MAX_ITER = 1.0, 5, 1000
 TABLE_COLUMNS = ("shots", "seed", "n_train", "C", "cv_folds", "cv_accuracy", "accuracy")
 SUMMARY_COLUMNS = ("shots", "mean_accuracy", "std", "runs")
 
-__all__ = ["DEFAULT_C", "DEFAULT_CS", "ProbeError", "ProbeResult", "linear_probe", "sample_shots"]
-
 
 @dataclass(eq=False, repr=False)
 class ProbeResult:

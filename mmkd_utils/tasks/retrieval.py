@@ -19,8 +19,6 @@ from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES
 #: Columns of the table :func:`search` returns (``label`` is added when the index has labels).
 SEARCH_COLUMNS = ("query", "rank", "path", "score")
 
-__all__ = ["SEARCH_COLUMNS", "RetrievalError", "search", "similarity_matrix"]
-
 
 def _matrix(values: Any, name: str) -> torch.Tensor:
     """Embeddings as a float CPU tensor [N, D] (a vector is one row): finite, no zero row."""
