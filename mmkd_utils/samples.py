@@ -72,9 +72,7 @@ def sample_images(modality: str | None = None) -> list[Path]:
         offline = want in {m.lower() for m in MISSING_MODALITIES}
         hint = " No offline sample exists for it: use mmkd_utils.demo.demo_images()." * offline
         known = ", ".join(dict.fromkeys(s.modality for s in SAMPLES))
-        raise UnknownModalityError(
-            f"No sample images of {modality!r}: choose one of {known}.{hint}"
-        )
+        raise UnknownModalityError(f"No samples of {modality!r}: choose one of {known}.{hint}")
     found = [IMGS / s.file_name for s in chosen]
     if lacking := [p.name for p in found if not p.is_file()]:
         raise SamplesNotFoundError(

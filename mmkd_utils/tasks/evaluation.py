@@ -19,7 +19,7 @@ from sklearn import metrics
 
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
 from mmkd_utils.model.classifier import ZeroShotClassifier
-from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES, list_images
+from mmkd_utils.tasks.embeddings import list_images
 
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
@@ -76,12 +76,8 @@ class EvaluationResult:
         return f"EvaluationResult({self.summary()})"
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
-
-
 def _loose_images(folder: Path) -> int:
-    return sum(_is_image(p.name) for p in folder.iterdir() if p.is_file())
+    return sum(path.parent == folder for path in list_images(folder))
 
 
 def find_class_folders(root: str | os.PathLike) -> list[Path]:
