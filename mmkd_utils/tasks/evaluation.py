@@ -33,14 +33,6 @@ class EvaluationResult:
     class has no images. Tables: ``per_class`` (``class, precision, recall, f1, support``),
     ``confusion`` (true rows, predicted columns), ``predictions`` (``path, true,
     predicted`` and one probability per class), ``skipped`` (``path, reason``).
-
-    Example:
-        >>> import shutil
-        >>> for c in ["ct", "mri"]:  # imgs/ct_*.png and imgs/mri_*.png
-        ...     _ = shutil.copytree(imgs, tmp / c, ignore=shutil.ignore_patterns(f"[!{c[0]}]*"))
-        >>> result = evaluate_folder(clip, tmp, ["CT", "MRI"])
-        >>> result.n_images, list(result.per_class["support"]), result.confusion.shape
-        (5, [3, 2], (2, 2))
     """
 
     class_names: tuple[str, ...]
@@ -194,6 +186,8 @@ def evaluate_folder(
         >>> for c in ["ct", "mri"]:  # imgs/ct_*.png and imgs/mri_*.png
         ...     _ = shutil.copytree(imgs, tmp / c, ignore=shutil.ignore_patterns(f"[!{c[0]}]*"))
         >>> result = evaluate_folder(clip, tmp, ["CT", "MRI"], templates=["A {} scan."])
+        >>> result.n_images, list(result.per_class["support"]), result.confusion.shape
+        (5, [3, 2], (2, 2))
         >>> list(result.predictions.columns)
         ['path', 'true', 'predicted', 'CT', 'MRI']
     """
