@@ -3,11 +3,6 @@
 Each embedding is written atomically under the SHA-256 of the file's bytes, one folder per
 model: ``<MMKD_HOME>/embeddings/<fingerprint[:16]>/<sha[:2]>/<sha>.npy`` (float32 [D]). A warm
 run decodes nothing; changed files and unreadable entries are embedded again. Notebook 04.
-
-Example:
-    >>> emb = embed_folder(clip, imgs, pattern="ct_*.png")
-    >>> len(emb), emb.labels, emb.embeddings.shape[0]
-    (3, [None, None, None], 3)
 """
 
 from __future__ import annotations
@@ -205,8 +200,7 @@ def embed_folder(
     # 1. Look every file up in the cache by its content hash (threads: hashlib drops the GIL).
     keys: list[str | None] = [None] * len(paths)
     if folder is not None:
-        quiet = len(paths) <= 1000 or None
-        threads = pipeline.usable_cpus()  # one per core: hashlib releases the GIL
+        threads, quiet = pipeline.usable_cpus(), len(paths) <= 1000 or None
         keys = thread_map(_hash, paths, max_workers=threads, desc="Hashing", disable=quiet)
     rows: dict[int, np.ndarray] = {}
     todo: dict[str, list[int]] = {}  # one decode per distinct content (or per unhashed file)

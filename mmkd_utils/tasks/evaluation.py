@@ -52,10 +52,9 @@ class EvaluationResult:
 
         Example:
             >>> import shutil
-            >>> for c in ["ct", "mri"]:
-            ...     _ = shutil.copytree(imgs, tmp / c, ignore=shutil.ignore_patterns(f"[!{c[0]}]*"))
+            >>> _ = shutil.copytree(imgs, tmp / "CT")  # and no MRI folder
             >>> evaluate_folder(clip, tmp, ["CT", "MRI"]).summary()[:19]
-            '5 images, 2 classes'
+            '9 images, 2 classes'
         """
         parts = [f"accuracy {self.accuracy:.3f}", f"balanced accuracy {self.balanced_accuracy:.3f}"]
         parts += [f"top-{k} {v:.3f}" for k, v in self.top_k_accuracy.items()]
