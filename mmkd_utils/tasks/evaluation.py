@@ -71,14 +71,8 @@ def _loose_images(folder: Path) -> int:
     return sum(path.parent == folder for path in list_images(folder))
 
 
-def find_class_folders(root: str | os.PathLike) -> list[Path]:
-    """The class sub-folders of ``root``, sorted, hidden ones left out.
-
-    Example:
-        >>> _ = (tmp / "normal").mkdir(), (tmp / ".cache").mkdir()
-        >>> [folder.name for folder in find_class_folders(tmp)]
-        ['normal']
-    """
+def _class_folders(root: str | os.PathLike) -> list[Path]:
+    """The class sub-folders of ``root``, sorted, hidden ones left out."""
     path = Path(root).expanduser()
     if not path.is_dir():
         problem = "is a file, not a folder" if path.exists() else "does not exist"
@@ -193,7 +187,7 @@ def evaluate_folder(
     ks = list(top_k) if isinstance(top_k, Iterable) else [top_k]
     if not all(type(k) is int and k > 0 for k in ks):
         raise ArgumentError(f"top_k={top_k!r}: pass positive whole numbers, e.g. (1, 5).")
-    folders, clf = find_class_folders(root), task_or_classes
+    folders, clf = _class_folders(root), task_or_classes
     if not isinstance(clf, ZeroShotClassifier):
         clf = model.classifier(clf, templates)
     elif templates is not None:
