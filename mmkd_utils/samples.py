@@ -5,8 +5,6 @@ use :func:`mmkd_utils.demo.demo_images` for those. Introduced in notebook 02;
 :func:`build_collection` (notebook 03) makes a labelled folder of both.
 """
 
-from __future__ import annotations
-
 import math
 import os
 import shutil

@@ -10,8 +10,6 @@ templates are written in the style of its reports, not taken from it) and ``note
 synonyms. Notebook 03 (section 3.1) writes and loads a complete small bank.
 """
 
-from __future__ import annotations
-
 import difflib
 import functools
 import importlib.resources

@@ -1,8 +1,6 @@
 """Prompt text: prompt lists, classes with their synonyms, and templates (``{}`` marks where
 a class name goes); :mod:`mmkd_utils.model.classifier` averages the embeddings of a class."""
 
-from __future__ import annotations
-
 from collections.abc import Iterable, Mapping, Sequence
 
 from mmkd_utils.errors import PromptError

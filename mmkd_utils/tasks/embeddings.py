@@ -5,8 +5,6 @@ model: ``<MMKD_HOME>/embeddings/<fingerprint[:16]>/<sha[:2]>/<sha>.npy`` (float3
 run decodes nothing; changed files and unreadable entries are embedded again. Notebook 04.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 import uuid

@@ -2,8 +2,6 @@
 *ImageFolder* layout): accuracy, per-class scores, AUROC by scikit-learn. Notebook 03.
 """
 
-from __future__ import annotations
-
 import math
 import os
 import re

@@ -1,7 +1,5 @@
 """Few-shot linear probes on frozen embeddings: how accuracy grows with labelled examples."""
 
-from __future__ import annotations
-
 import numbers
 import warnings
 from collections.abc import Sequence

@@ -1,7 +1,5 @@
 """Search image embeddings with texts, images or embeddings: cosine similarity, top k."""
 
-from __future__ import annotations
-
 import numbers
 import os
 import warnings
