@@ -50,9 +50,9 @@ class EvaluationResult:
 
         Example:
             >>> import shutil
-            >>> _ = shutil.copytree(imgs, tmp / "CT")  # and no MRI folder
-            >>> evaluate_folder(clip, tmp, ["CT", "MRI"]).summary()[:19]
-            '9 images, 2 classes'
+            >>> _ = shutil.copytree(imgs, tmp / "CT", ignore=shutil.ignore_patterns("[!c]*"))
+            >>> evaluate_folder(clip, tmp, ["CT", "MRI"]).summary()[:19]  # no MRI images
+            '3 images, 2 classes'
         """
         parts = [f"accuracy {self.accuracy:.3f}", f"balanced accuracy {self.balanced_accuracy:.3f}"]
         parts += [f"top-{k} {v:.3f}" for k, v in self.top_k_accuracy.items()]
