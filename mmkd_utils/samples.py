@@ -5,8 +5,6 @@ use :func:`mmkd_utils.demo.demo_images` for those. Introduced in notebook 02;
 :func:`build_collection` (notebook 03) makes a labelled folder of both.
 """
 
-from __future__ import annotations
-
 import math
 import os
 import shutil
@@ -72,9 +70,7 @@ def sample_images(modality: str | None = None) -> list[Path]:
         offline = want in {m.lower() for m in MISSING_MODALITIES}
         hint = " No offline sample exists for it: use mmkd_utils.demo.demo_images()." * offline
         known = ", ".join(dict.fromkeys(s.modality for s in SAMPLES))
-        raise UnknownModalityError(
-            f"No sample images of {modality!r}: choose one of {known}.{hint}"
-        )
+        raise UnknownModalityError(f"No samples of {modality!r}: choose one of {known}.{hint}")
     found = [IMGS / s.file_name for s in chosen]
     if lacking := [p.name for p in found if not p.is_file()]:
         raise SamplesNotFoundError(
@@ -148,7 +144,3 @@ def build_collection(
         raise
     table = pd.DataFrame(sorted(rows), columns=COLLECTION_COLUMNS)  # by path, as embed_folder
     return table.assign(path=[str(root / path) for path in table.path])
-
-
-__all__ = ["COLLECTION_COLUMNS", "LABELS", "MISSING_MODALITIES", "SAMPLES", "Sample"]
-__all__ += ["build_collection", "sample_images"]

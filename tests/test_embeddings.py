@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 import pytest
 import torch
 from PIL import Image
@@ -237,6 +239,28 @@ def test_unwritable_cache_warns_and_gives_correct_results(tiny_model, tmp_path, 
     torch.testing.assert_close(
         result.embeddings, tiny_model.encode_images(result.paths), atol=1e-6, rtol=0
     )
+
+
+def test_read_only_home_caches_in_the_user_cache_but_a_given_folder_is_kept(
+    tiny_model, tmp_path, monkeypatch
+):
+    kit, user_cache = tmp_path / "kit", tmp_path / "user_cache"
+    kit.mkdir()
+    monkeypatch.setenv("MMKD_HOME", str(kit))
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda *args: str(user_cache))
+    assert cache_folder(tiny_model).parent == kit / "embeddings"  # writable: the home
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != kit and real_access(path, mode)
+    )
+    assert cache_folder(tiny_model).parent == user_cache / "embeddings"
+    assert cache_folder(tiny_model, cache=kit).parent == kit  # given: never redirected
+    root = make_folder(tmp_path / "data", {"a": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "could not write" warning
+        embed_folder(tiny_model, root, num_workers=0)
+    assert len(list((user_cache / "embeddings").rglob("*.npy"))) == 2
+    assert not (kit / "embeddings").exists()
 
 
 def test_cache_false_and_cache_folder(tiny_model, tmp_path, spy):

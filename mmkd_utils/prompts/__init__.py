@@ -14,14 +14,5 @@ from mmkd_utils.prompts.banks import (
 )
 from mmkd_utils.prompts.text import check_prompts
 
-__all__ = [
-    "MODALITY_TEMPLATES",
-    "BankError",
-    "Task",
-    "check_prompts",
-    "get_task",
-    "list_modalities",
-    "list_tasks",
-    "load_bank",
-    "modality_task",
-]
+__all__ = ["BankError", "MODALITY_TEMPLATES", "Task", "check_prompts", "get_task", "list_tasks"]
+__all__ += ["list_modalities", "load_bank", "modality_task"]

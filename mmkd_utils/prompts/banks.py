@@ -10,8 +10,6 @@ templates are written in the style of its reports, not taken from it) and ``note
 synonyms. Notebook 03 (section 3.1) writes and loads a complete small bank.
 """
 
-from __future__ import annotations
-
 import difflib
 import functools
 import importlib.resources
@@ -238,8 +236,7 @@ def _read_bank(text: str, path: str) -> SimpleNamespace:
         if err.path:  # a YAML syntax error already says where
             raise
         at = (f", line {err.line}" if err.line else "") + (f": {err.field}" if err.field else "")
-        message = f"{path}{at}: {err}"
-        raise BankError(message, path=path, field=err.field, line=err.line) from None
+        raise BankError(f"{path}{at}: {err}", path=path, field=err.field, line=err.line) from None
     tasks = [
         Task(
             name=f"{bank['modality_id']}/{task_id}",

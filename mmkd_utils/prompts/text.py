@@ -1,8 +1,6 @@
 """Prompt text: prompt lists, classes with their synonyms, and templates (``{}`` marks where
 a class name goes); :mod:`mmkd_utils.model.classifier` averages the embeddings of a class."""
 
-from __future__ import annotations
-
 from collections.abc import Iterable, Mapping, Sequence
 
 from mmkd_utils.errors import PromptError
@@ -17,10 +15,8 @@ def check_prompts(prompts: str | Iterable[str], name: str = "prompts") -> list[s
         ...
         mmkd_utils.errors.PromptError: prompts[1] is empty or only whitespace...
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
     try:
-        items = list(prompts)
+        items = [prompts] if isinstance(prompts, str) else list(prompts)
     except TypeError:
         kind = type(prompts).__name__
         raise PromptError(f"{name} must be a string or a list of strings, not {kind}.") from None

@@ -3,14 +3,7 @@
 Each embedding is written atomically under the SHA-256 of the file's bytes, one folder per
 model: ``<MMKD_HOME>/embeddings/<fingerprint[:16]>/<sha[:2]>/<sha>.npy`` (float32 [D]). A warm
 run decodes nothing; changed files and unreadable entries are embedded again. Notebook 04.
-
-Example:
-    >>> emb = embed_folder(clip, imgs, pattern="ct_*.png")
-    >>> len(emb), emb.labels, emb.embeddings.shape[0]
-    (3, [None, None, None], 3)
 """
-
-from __future__ import annotations
 
 import contextlib
 import os
@@ -22,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import platformdirs
 import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.concurrent import thread_map
@@ -30,8 +24,6 @@ from mmkd_utils.config import cache_dir
 from mmkd_utils.download import sha256_file
 from mmkd_utils.errors import ArgumentError, ImageLoadError, SkippedImagesWarning
 from mmkd_utils.images import pipeline
-
-__all__ = ["IMAGE_SUFFIXES", "FolderEmbeddings", "cache_folder", "embed_folder", "list_images"]
 
 #: Image endings (any case): torchvision's IMG_EXTENSIONS (slow to import), GIF, DICOM, NIfTI.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -120,6 +112,9 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 def cache_folder(model: Any, cache: bool | str | os.PathLike = True) -> Path | None:
     """Where :func:`embed_folder` keeps ``model``'s embeddings; ``cache``: True, False or a folder.
 
+    True: ``cache_dir()/"embeddings"``, or, when that home is read-only (a classroom kit), the
+    ``embeddings`` folder in the user's own cache. A folder you pass is always used as it is.
+
     Example:
         >>> cache_folder(clip).parent.name, cache_folder(clip, cache=False)
         ('embeddings', None)
@@ -128,7 +123,13 @@ def cache_folder(model: Any, cache: bool | str | os.PathLike = True) -> Path | N
         return None
     if cache is not True and not isinstance(cache, (str, os.PathLike)):
         raise ArgumentError(f"cache={cache!r}: pass True, False or a folder path.")
-    base = cache_dir() / "embeddings" if cache is True else Path(cache).expanduser()
+    home = cache_dir()
+    if cache is not True:
+        base = Path(cache).expanduser()
+    elif os.access(next(p for p in (home, *home.parents) if p.exists()), os.W_OK):
+        base = home / "embeddings"
+    else:
+        base = Path(platformdirs.user_cache_dir("mmkd-clip", False)) / "embeddings"
     return base / model.fingerprint[:16]
 
 
@@ -197,8 +198,7 @@ def embed_folder(
     # 1. Look every file up in the cache by its content hash (threads: hashlib drops the GIL).
     keys: list[str | None] = [None] * len(paths)
     if folder is not None:
-        quiet = len(paths) <= 1000 or None
-        threads = pipeline.usable_cpus()  # one per core: hashlib releases the GIL
+        threads, quiet = pipeline.usable_cpus(), len(paths) <= 1000 or None
         keys = thread_map(_hash, paths, max_workers=threads, desc="Hashing", disable=quiet)
     rows: dict[int, np.ndarray] = {}
     todo: dict[str, list[int]] = {}  # one decode per distinct content (or per unhashed file)

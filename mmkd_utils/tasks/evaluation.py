@@ -2,8 +2,6 @@
 *ImageFolder* layout): accuracy, per-class scores, AUROC by scikit-learn. Notebook 03.
 """
 
-from __future__ import annotations
-
 import math
 import os
 import re
@@ -19,7 +17,7 @@ from sklearn import metrics
 
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
 from mmkd_utils.model.classifier import ZeroShotClassifier
-from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES, list_images
+from mmkd_utils.tasks.embeddings import list_images
 
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
@@ -33,14 +31,6 @@ class EvaluationResult:
     class has no images. Tables: ``per_class`` (``class, precision, recall, f1, support``),
     ``confusion`` (true rows, predicted columns), ``predictions`` (``path, true,
     predicted`` and one probability per class), ``skipped`` (``path, reason``).
-
-    Example:
-        >>> import shutil
-        >>> for c in ["ct", "mri"]:  # imgs/ct_*.png and imgs/mri_*.png
-        ...     _ = shutil.copytree(imgs, tmp / c, ignore=shutil.ignore_patterns(f"[!{c[0]}]*"))
-        >>> result = evaluate_folder(clip, tmp, ["CT", "MRI"])
-        >>> result.n_images, list(result.per_class["support"]), result.confusion.shape
-        (5, [3, 2], (2, 2))
     """
 
     class_names: tuple[str, ...]
@@ -60,10 +50,9 @@ class EvaluationResult:
 
         Example:
             >>> import shutil
-            >>> for c in ["ct", "mri"]:
-            ...     _ = shutil.copytree(imgs, tmp / c, ignore=shutil.ignore_patterns(f"[!{c[0]}]*"))
-            >>> evaluate_folder(clip, tmp, ["CT", "MRI"]).summary()[:19]
-            '5 images, 2 classes'
+            >>> _ = shutil.copytree(imgs, tmp / "CT", ignore=shutil.ignore_patterns("[!c]*"))
+            >>> evaluate_folder(clip, tmp, ["CT", "MRI"]).summary()[:19]  # no MRI images
+            '3 images, 2 classes'
         """
         parts = [f"accuracy {self.accuracy:.3f}", f"balanced accuracy {self.balanced_accuracy:.3f}"]
         parts += [f"top-{k} {v:.3f}" for k, v in self.top_k_accuracy.items()]
@@ -76,22 +65,12 @@ class EvaluationResult:
         return f"EvaluationResult({self.summary()})"
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
-
-
 def _loose_images(folder: Path) -> int:
-    return sum(_is_image(p.name) for p in folder.iterdir() if p.is_file())
+    return sum(path.parent == folder for path in list_images(folder))
 
 
-def find_class_folders(root: str | os.PathLike) -> list[Path]:
-    """The class sub-folders of ``root``, sorted, hidden ones left out.
-
-    Example:
-        >>> _ = (tmp / "normal").mkdir(), (tmp / ".cache").mkdir()
-        >>> [folder.name for folder in find_class_folders(tmp)]
-        ['normal']
-    """
+def _class_folders(root: str | os.PathLike) -> list[Path]:
+    """The class sub-folders of ``root``, sorted, hidden ones left out."""
     path = Path(root).expanduser()
     if not path.is_dir():
         problem = "is a file, not a folder" if path.exists() else "does not exist"
@@ -198,13 +177,15 @@ def evaluate_folder(
         >>> for c in ["ct", "mri"]:  # imgs/ct_*.png and imgs/mri_*.png
         ...     _ = shutil.copytree(imgs, tmp / c, ignore=shutil.ignore_patterns(f"[!{c[0]}]*"))
         >>> result = evaluate_folder(clip, tmp, ["CT", "MRI"], templates=["A {} scan."])
+        >>> result.n_images, list(result.per_class["support"]), result.confusion.shape
+        (5, [3, 2], (2, 2))
         >>> list(result.predictions.columns)
         ['path', 'true', 'predicted', 'CT', 'MRI']
     """
     ks = list(top_k) if isinstance(top_k, Iterable) else [top_k]
     if not all(type(k) is int and k > 0 for k in ks):
         raise ArgumentError(f"top_k={top_k!r}: pass positive whole numbers, e.g. (1, 5).")
-    folders, clf = find_class_folders(root), task_or_classes
+    folders, clf = _class_folders(root), task_or_classes
     if not isinstance(clf, ZeroShotClassifier):
         clf = model.classifier(clf, templates)
     elif templates is not None:

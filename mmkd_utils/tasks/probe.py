@@ -1,7 +1,5 @@
 """Few-shot linear probes on frozen embeddings: how accuracy grows with labelled examples."""
 
-from __future__ import annotations
-
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -24,8 +22,6 @@ DEFAULT_C, DEFAULT_FOLDS, MAX_ITER = 1.0, 5, 1000
 #: Columns of :attr:`ProbeResult.table` and :attr:`ProbeResult.summary`.
 TABLE_COLUMNS = ("shots", "seed", "n_train", "C", "cv_folds", "cv_accuracy", "accuracy")
 SUMMARY_COLUMNS = ("shots", "mean_accuracy", "std", "runs")
-
-__all__ = ["DEFAULT_C", "DEFAULT_CS", "ProbeError", "ProbeResult", "linear_probe", "sample_shots"]
 
 
 @dataclass(eq=False, repr=False)

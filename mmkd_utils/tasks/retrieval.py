@@ -1,7 +1,5 @@
 """Search image embeddings with texts, images or embeddings: cosine similarity, top k."""
 
-from __future__ import annotations
-
 import numbers
 import os
 import warnings
@@ -18,8 +16,6 @@ from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES
 
 #: Columns of the table :func:`search` returns (``label`` is added when the index has labels).
 SEARCH_COLUMNS = ("query", "rank", "path", "score")
-
-__all__ = ["SEARCH_COLUMNS", "RetrievalError", "search", "similarity_matrix"]
 
 
 def _matrix(values: Any, name: str) -> torch.Tensor:
