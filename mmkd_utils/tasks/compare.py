@@ -3,11 +3,6 @@
 Probabilities of different models are not calibrated against each other (each has its own
 ``logit_scale``): compare what each ranks first, not how sure it is. Used in notebook 07;
 the plot is :func:`mmkd_utils.plotting.plot_model_comparison`.
-
-Example:
-    >>> table = compare_models({"a": clip, "b": clip}, [xray], ["A chest X-ray.", "A CT."])
-    >>> model_columns(table), bool(table["agreement"].all())
-    (['a', 'b'], True)
 """
 
 from __future__ import annotations
@@ -27,8 +22,6 @@ from mmkd_utils.prompts import check_prompts
 
 #: Prefixes of each model's probability column (``p_<model>``) and top-1 column.
 PROB_PREFIX, TOP1_PREFIX = "p_", "top1_"
-
-__all__ = ["PROB_PREFIX", "TOP1_PREFIX", "compare_models", "model_columns", "summarize_comparison"]
 
 
 def _named_models(models: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
