@@ -1,9 +1,7 @@
 """Helpers for the MMKD-CLIP notebook tutorials: load the model, embed, classify, plot.
 
 The layers of the package and the path of one zero-shot call are in ARCHITECTURE.md.
-Importing the package changes no global state. The tasks (``embed_folder``,
-``evaluate_folder``, ``linear_probe``, ``search``, ``compare_models``) are imported on
-first use, so ``import mmkd_utils`` does not load scikit-learn and friends until needed.
+Importing it changes no global state; the tasks (and scikit-learn) load on first use.
 
 Example:
     >>> import mmkd_utils
