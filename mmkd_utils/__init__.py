@@ -33,10 +33,8 @@ from mmkd_utils.errors import (
     TextEncoderError,
     UnknownModalityError,
 )
-from mmkd_utils.images.decode import to_rgb
-from mmkd_utils.images.medical import load_image
-from mmkd_utils.model.clip import MMKDModel
-from mmkd_utils.model.registry import list_models, load_model
+from mmkd_utils.images import load_image, to_rgb
+from mmkd_utils.model import MMKDModel, list_models, load_model
 
 if TYPE_CHECKING:  # for editors and type checkers; at run time see __getattr__ below
     from mmkd_utils.tasks.compare import compare_models
