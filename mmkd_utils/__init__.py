@@ -69,10 +69,10 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-#: The names a notebook imports: model, images and doctor, then the tasks, then the errors.
-__all__ = ["MMKDModel", "doctor", "list_models", "load_image", "load_model", "to_rgb"]
+#: The names a notebook imports: the model, images, doctor and tasks, then every error type.
+__all__ = ["MMKDModel", "doctor", "list_models", "load_image", "load_model", "search", "to_rgb"]
 __all__ += ["FolderEmbeddings", "compare_models", "embed_folder", "evaluate_folder", "linear_probe"]
-__all__ += ["search", "MMKDError", "ArgumentError", "ArgumentTypeError", "TextEncoderError"]
+__all__ += ["MMKDError", "ArgumentError", "ArgumentTypeError", "TextEncoderError"]
 __all__ += ["CheckpointError", "DownloadError", "EvaluationError", "ImageLoadError", "ProbeError"]
 __all__ += ["MissingDependencyError", "PrecisionFallbackWarning", "PromptError", "RetrievalError"]
 __all__ += ["BankError", "SamplesNotFoundError", "SkippedImagesWarning", "UnknownModalityError"]
