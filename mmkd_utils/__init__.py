@@ -1,9 +1,7 @@
 """Helpers for the MMKD-CLIP notebook tutorials: load the model, embed, classify, plot.
 
 The layers of the package and the path of one zero-shot call are in ARCHITECTURE.md.
-Importing the package changes no global state. The tasks (``embed_folder``,
-``evaluate_folder``, ``linear_probe``, ``search``, ``compare_models``) are imported on
-first use, so ``import mmkd_utils`` does not load scikit-learn and friends until needed.
+Importing it changes no global state; the tasks (and scikit-learn) load on first use.
 
 Example:
     >>> import mmkd_utils
@@ -35,10 +33,8 @@ from mmkd_utils.errors import (
     TextEncoderError,
     UnknownModalityError,
 )
-from mmkd_utils.images.decode import to_rgb
-from mmkd_utils.images.medical import load_image
-from mmkd_utils.model.clip import MMKDModel
-from mmkd_utils.model.registry import list_models, load_model
+from mmkd_utils.images import load_image, to_rgb
+from mmkd_utils.model import MMKDModel, list_models, load_model
 
 if TYPE_CHECKING:  # for editors and type checkers; at run time see __getattr__ below
     from mmkd_utils.tasks.compare import compare_models
@@ -73,34 +69,10 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ArgumentError",
-    "ArgumentTypeError",
-    "BankError",
-    "CheckpointError",
-    "DownloadError",
-    "EvaluationError",
-    "FolderEmbeddings",
-    "ImageLoadError",
-    "MMKDError",
-    "MMKDModel",
-    "MissingDependencyError",
-    "PrecisionFallbackWarning",
-    "ProbeError",
-    "PromptError",
-    "RetrievalError",
-    "SamplesNotFoundError",
-    "SkippedImagesWarning",
-    "TextEncoderError",
-    "UnknownModalityError",
-    "compare_models",
-    "doctor",
-    "embed_folder",
-    "evaluate_folder",
-    "linear_probe",
-    "list_models",
-    "load_image",
-    "load_model",
-    "search",
-    "to_rgb",
-]
+#: The names a notebook imports: the model, images, doctor and tasks, then every error type.
+__all__ = ["MMKDModel", "doctor", "list_models", "load_image", "load_model", "search", "to_rgb"]
+__all__ += ["FolderEmbeddings", "compare_models", "embed_folder", "evaluate_folder", "linear_probe"]
+__all__ += ["MMKDError", "ArgumentError", "ArgumentTypeError", "TextEncoderError"]
+__all__ += ["CheckpointError", "DownloadError", "EvaluationError", "ImageLoadError", "ProbeError"]
+__all__ += ["MissingDependencyError", "PrecisionFallbackWarning", "PromptError", "RetrievalError"]
+__all__ += ["BankError", "SamplesNotFoundError", "SkippedImagesWarning", "UnknownModalityError"]

@@ -336,9 +336,8 @@ def plot_similarity_heatmap(
     texts = as_floats(text_embeddings, "text_embeddings")
     (n, d), (m, e) = images.shape, texts.shape
     if d != e:
-        raise ArgumentError(
-            f"image_embeddings has {d} dimensions per row but text_embeddings has {e}"
-        )
+        problem = f"image_embeddings has {d} dimensions per row but text_embeddings has {e}"
+        raise ArgumentError(f"{problem}; embed both with the same model.")
     rows = _labels(image_labels, n, f"image_embeddings has {n} rows", "image_labels", False)
     cols = _labels(text_labels, m, f"text_embeddings has {m} rows", "text_labels", False)
     if probabilities and logit_scale is None:
@@ -386,9 +385,7 @@ def plot_gallery(results, *, k=None, images_per_row=None, title_column="query") 
         ['#1 · 0.310', '#2 · 0.270']
     """
     if not isinstance(results, pd.DataFrame):
-        raise ArgumentError(
-            f"results must be the pandas DataFrame of search(), not {results!r:.20}"
-        )
+        raise ArgumentError(f"results must be the pandas DataFrame of search(), not {results!r:.9}")
     needed = (title_column, "rank", "path", "score")
     missing = ", ".join(repr(c) for c in needed if c not in results)
     if missing:

@@ -31,12 +31,7 @@ DEFAULT_TOP_K = 5  #: Bars in the demo at first (fewer when there are fewer prom
 
 
 class UploadError(ImageLoadError):
-    """An upload is empty, holds several files, or could not be saved.
-
-    Example:
-        >>> issubclass(UploadError, MMKDError)
-        True
-    """
+    """An upload is empty, holds several files, or could not be saved."""
 
 
 def parse_prompts(text: str) -> list[str]:

@@ -3,11 +3,6 @@
 Probabilities of different models are not calibrated against each other (each has its own
 ``logit_scale``): compare what each ranks first, not how sure it is. Used in notebook 07;
 the plot is :func:`mmkd_utils.plotting.plot_model_comparison`.
-
-Example:
-    >>> table = compare_models({"a": clip, "b": clip}, [xray], ["A chest X-ray.", "A CT."])
-    >>> model_columns(table), bool(table["agreement"].all())
-    (['a', 'b'], True)
 """
 
 from __future__ import annotations
@@ -21,14 +16,12 @@ import numpy as np
 import pandas as pd
 
 from mmkd_utils.errors import ArgumentError, ArgumentTypeError, PromptError
-from mmkd_utils.images.decode import ImageInput, to_rgb
+from mmkd_utils.images.decode import to_rgb
 from mmkd_utils.model.classifier import ZeroShotClassifier
 from mmkd_utils.prompts import check_prompts
 
 #: Prefixes of each model's probability column (``p_<model>``) and top-1 column.
 PROB_PREFIX, TOP1_PREFIX = "p_", "top1_"
-
-__all__ = ["PROB_PREFIX", "TOP1_PREFIX", "compare_models", "model_columns", "summarize_comparison"]
 
 
 def _named_models(models: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
@@ -72,17 +65,11 @@ def _image_names(images: Any, image_names: Sequence[str] | None) -> tuple[list, 
     return items, names
 
 
-def compare_models(
-    models: Mapping[str, Any] | Sequence[Any],
-    images: ImageInput | Sequence[ImageInput],
-    prompts: str | Sequence[str] | Mapping[str, Sequence[str]],
-    *,
-    templates: Sequence[str] | None = None,
-    image_names: Sequence[str] | None = None,
-) -> pd.DataFrame:
+def compare_models(models, images, prompts, *, templates=None, image_names=None) -> pd.DataFrame:
     """Zero-shot probabilities of several models side by side, one row per image × prompt.
 
-    ``models``: ``{name: model}`` or a list (named by ``model_name``). ``prompts``: a list of
+    ``models``: ``{name: model}`` or a list (named by ``model_name``); ``images``: paths, PIL
+    images or arrays, named by ``image_names`` (default: file names). ``prompts``: a list of
     prompts, or a task name, ``{class: [synonyms]}`` or class names with ``templates`` (each
     model builds its own classifier). Columns: ``image``, ``prompt``, ``p_<model>`` (sums to 1
     per image), ``top1_<model>`` and ``agreement`` (all models rank the same prompt first).
@@ -138,13 +125,11 @@ def summarize_comparison(table: pd.DataFrame) -> pd.DataFrame:
         >>> summarize_comparison(table).columns.tolist()
         ['top1_a', 'p_top1_a', 'agreement']
     """
-    rows, models = [], model_columns(table)
-    for image, group in table.groupby("image", sort=False):
-        row: dict[str, Any] = {"image": image}
-        for name in models:
-            best = int(np.argmax(group[PROB_PREFIX + name].to_numpy()))
-            row[TOP1_PREFIX + name] = group["prompt"].iloc[best]
-            row[PROB_PREFIX + TOP1_PREFIX + name] = float(group[PROB_PREFIX + name].iloc[best])
-        row["agreement"] = len({row[TOP1_PREFIX + name] for name in models}) == 1
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("image")
+    models = model_columns(table)
+    groups = table.set_index("prompt").groupby("image", sort=False)
+    summary = pd.DataFrame()
+    for name in models:  # each model's most probable prompt per image, and its probability
+        summary[TOP1_PREFIX + name] = groups[PROB_PREFIX + name].idxmax()
+        summary[PROB_PREFIX + TOP1_PREFIX + name] = groups[PROB_PREFIX + name].max()
+    summary["agreement"] = summary[[TOP1_PREFIX + name for name in models]].nunique(axis=1) == 1
+    return summary
