@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 from support import TINY, TINY_CHECKPOINT, TINY_TEXT, LocalServer
@@ -13,6 +14,9 @@ from mmkd_utils.config import ENV_VARS
 # Tests never reach the Hugging Face hub: everything they need is in tests/fixtures.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# huggingface_hub read HF_HUB_OFFLINE when it was imported (by mmkd_utils, before this file
+# ran): without this line a hub request waits for network timeouts instead of failing at once.
+huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 @pytest.fixture(autouse=True)
