@@ -75,7 +75,9 @@ def test_every_run_matches_a_direct_scikit_learn_fit(data, result):
         else:
             idx = draw(y_train, row.shots, row.seed)
         assert row.n_train == idx.size
-        clf = LogisticRegression(C=row.C, max_iter=1000).fit(x_train[idx], y_train[idx])
+        clf = LogisticRegression(C=row.C, max_iter=1000, class_weight="balanced").fit(
+            x_train[idx], y_train[idx]
+        )
         assert abs(row.accuracy - accuracy_score(y_test, clf.predict(x_test))) < 1e-9
     assert exported is linear_probe
 
@@ -89,7 +91,11 @@ def test_c_is_chosen_by_cross_validation_on_the_training_examples(data, result):
         idx = np.arange(len(y_train)) if row.shots == "all" else draw(y_train, row.shots, row.seed)
         folds = min(5, 40 if row.shots == "all" else row.shots)
         search = LogisticRegressionCV(
-            Cs=CS, cv=StratifiedKFold(folds), scoring="accuracy", max_iter=1000
+            Cs=CS,
+            cv=StratifiedKFold(folds),
+            scoring="accuracy",
+            max_iter=1000,
+            class_weight="balanced",
         ).fit(x_train[idx], y_train[idx])
         assert row.cv_folds == folds
         assert row.C == float(np.ravel(search.C_)[0])
@@ -349,3 +355,19 @@ def test_the_cross_validated_model_is_not_fitted_a_second_time(monkeypatch, data
     monkeypatch.setattr(sklearn.linear_model.LogisticRegression, "fit", spy)
     linear_probe(*data, shots=("all",), Cs=CS)
     assert "LogisticRegression" not in calls  # LogisticRegressionCV refits the chosen C itself
+
+
+def test_a_class_with_more_images_does_not_win_by_number():
+    # Three times as many rows of "a" as of "b", a weak signal and strong regularisation: an
+    # unweighted fit answers "a" for everything (0.5 on a balanced test set); the probe does not.
+    rng = np.random.default_rng(0)
+    y_train, y_test = np.repeat(["a", "b"], [60, 20]), np.repeat(["a", "b"], 50)
+    signal = {"a": 0.5, "b": -0.5}
+    x_train, x_test = (
+        np.array([signal[v] for v in y])[:, None] + 0.3 * rng.normal(size=(len(y), 4))
+        for y in (y_train, y_test)
+    )
+    unweighted = LogisticRegression(C=1e-3, max_iter=1000).fit(x_train, y_train)
+    assert accuracy_score(y_test, unweighted.predict(x_test)) == 0.5
+    run = linear_probe(x_train, y_train, x_test, y_test, shots=("all",), Cs=[1e-3]).table.iloc[0]
+    assert run.accuracy > 0.9

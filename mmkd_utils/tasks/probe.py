@@ -19,6 +19,8 @@ from mmkd_utils.errors import ProbeError
 DEFAULT_SHOTS, DEFAULT_SEEDS, DEFAULT_CS = (1, 2, 4, 8, 16, "all"), (0, 1, 2), np.logspace(-3, 3, 7)
 #: C when cross-validation is impossible (scikit-learn's default); most folds; max_iter.
 DEFAULT_C, DEFAULT_FOLDS, MAX_ITER = 1.0, 5, 1000
+#: Every fit weighs the classes equally, so a class with more images (copies) cannot win by number.
+FIT = {"max_iter": MAX_ITER, "class_weight": "balanced"}
 #: Columns of :attr:`ProbeResult.table` and :attr:`ProbeResult.summary`.
 TABLE_COLUMNS = ("shots", "seed", "n_train", "C", "cv_folds", "cv_accuracy", "accuracy")
 SUMMARY_COLUMNS = ("shots", "mean_accuracy", "std", "runs")
@@ -119,10 +121,10 @@ def _fit(x, y, cs: list[float], cv: int, groups=None) -> tuple[Any, float, int, 
     folds = min(cv, *(np.unique(owners[y == c]).size for c in np.unique(y))) if len(cs) > 1 else 0
     if folds < 2:
         c = cs[0] if len(cs) == 1 else DEFAULT_C
-        return LogisticRegression(C=c, max_iter=MAX_ITER).fit(x, y), c, 0, np.nan
+        return LogisticRegression(C=c, **FIT).fit(x, y), c, 0, np.nan
     splits = StratifiedKFold(folds) if groups is None else StratifiedGroupKFold(folds)
     clf = LogisticRegressionCV(
-        Cs=cs, cv=list(splits.split(x, y, groups)), scoring="accuracy", max_iter=MAX_ITER
+        Cs=cs, cv=list(splits.split(x, y, groups)), scoring="accuracy", **FIT
     ).fit(x, y)
     cv_accuracy = next(iter(clf.scores_.values())).mean(axis=0).max()  # [folds, Cs]
     return clf, float(np.ravel(clf.C_)[0]), folds, float(cv_accuracy)
