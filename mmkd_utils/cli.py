@@ -69,7 +69,9 @@ def _download_kit() -> int:
     files = sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file())
     kit = [f for f in files if not f.endswith(skip) and "/." not in f"/{f}"]
     text = "".join(f"{sha256_file(home / f)}  {f}\n" for f in kit)
-    (home / config.MANIFEST_NAME).write_text(text, encoding="utf-8")
+    part = home / f"{config.MANIFEST_NAME}.part"  # complete or absent, never half-written
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, home / config.MANIFEST_NAME)
     print(f"kit: {home}, listed in {config.MANIFEST_NAME}; check it with --check")
     return 0
 

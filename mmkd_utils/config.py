@@ -13,6 +13,7 @@ DEFAULT_TEXT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 CONTEXT_LENGTH = 256
 #: File name and Google Drive id of the released weights.
 CHECKPOINT_NAME = "MMKD_B16.pth"
+UNIMED_REPO, UNIMED_FILE = "UzairK/unimed-clip-vit-b16", "unimed-clip-vit-b16.pt"
 DRIVE_FILE_ID = "16pDQ2rI3VKezUl_WVxm1gVmhljQWxjJR"
 DRIVE_URL = f"https://drive.google.com/uc?id={DRIVE_FILE_ID}"
 DRIVE_VIEW_URL = f"https://drive.google.com/file/d/{DRIVE_FILE_ID}/view"

@@ -38,10 +38,6 @@ def test_sha256_file_matches_hashlib(tmp_path):
     assert sha256_file(path) == _sha(PAYLOAD)
 
 
-def test_part_path_is_next_to_dest(tmp_path):
-    assert part_path(tmp_path / "a" / "w.pth") == tmp_path / "a" / "w.pth.part"
-
-
 def test_fresh_download_verifies_sha_and_leaves_no_part(server, tmp_path):
     server.set("/f.bin", PAYLOAD)
     dest = tmp_path / "sub" / "f.bin"

@@ -20,6 +20,7 @@ from mmkd_utils import (
     TextEncoderError,
     load_model,
 )
+from mmkd_utils.config import cache_dir
 from mmkd_utils.model.device import resolve_device, resolve_precision
 from mmkd_utils.model.loading import converted_folder
 from mmkd_utils.prompts import check_prompts
@@ -190,14 +191,17 @@ def test_broken_converted_copy_is_rebuilt_not_used(reference):
     assert weights.stat().st_size > 1000  # rebuilt in place
 
 
-def test_changed_checkpoint_gets_a_new_converted_copy(tmp_path):
-    copy = tmp_path / "ckpt.pth"
-    copy.write_bytes(TINY_CHECKPOINT.read_bytes())
+@pytest.mark.parametrize("where", ["anywhere", "in MMKD_HOME"])
+def test_changed_checkpoint_gets_a_new_converted_copy(tmp_path, where):
+    copy = (cache_dir() if where == "in MMKD_HOME" else tmp_path) / "ckpt.pth"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    sd = torch.load(TINY_CHECKPOINT, weights_only=True)
+    torch.save(sd, copy)
     load_model(copy, text_encoder=TINY_TEXT, device="cpu")
-    first = converted_folder(copy, TINY_TEXT)
-    sd = torch.load(copy, weights_only=True)
+    first, size = converted_folder(copy, TINY_TEXT), copy.stat().st_size
     sd["state_dict"]["module.logit_scale"] = torch.tensor(1.0)
     torch.save(sd, copy)
+    assert copy.stat().st_size == size  # new weights, same size: only the file's time differs
     second = converted_folder(copy, TINY_TEXT)
     assert first != second
     clip = load_model(copy, text_encoder=TINY_TEXT, device="cpu")

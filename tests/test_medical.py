@@ -305,7 +305,8 @@ def test_sagittal_slice_faces_left(tmp_path):
 def test_orientation_without_or_with_oblique_direction_cosines(tmp_path):
     pixels = np.arange(12, dtype=np.uint16).reshape(3, 4)
     plain = grey(load_image(write_dicom(tmp_path / "none.dcm", pixels)))
-    assert np.array_equal(plain, grey(load_image(write_dicom(tmp_path / "s.dcm", pixels))))
+    axial = write_dicom(tmp_path / "s.dcm", pixels, ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    assert np.array_equal(plain, grey(load_image(axial)))  # the standard axial order is kept
     oblique = [0.7071, 0.7071, 0, 0, 0, -1]  # 45° between left and back
     path = write_dicom(tmp_path / "oblique.dcm", pixels, ImageOrientationPatient=oblique)
     with pytest.warns(UserWarning, match="oblique.dcm.*oblique.*orientation='stored'"):

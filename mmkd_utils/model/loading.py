@@ -167,7 +167,7 @@ def _save_converted(model: Any, model_cfg: dict, folder: Path, source: dict, hf:
 
 def converted_folder(checkpoint: str | os.PathLike, text_encoder: str | None = None) -> Path:
     """Where the converted copy of ``checkpoint`` is cached; a changed file gets a new one.
-    Files in the cache folder count by name and size (a copied kit keeps its copies).
+    The released files in the cache folder count by name and size (a copied kit keeps its copies).
 
     Example:
         >>> converted_folder(tiny_checkpoint, tiny_text_encoder).parent.name
@@ -176,7 +176,8 @@ def converted_folder(checkpoint: str | os.PathLike, text_encoder: str | None = N
     home, path = config.cache_dir().resolve(), Path(checkpoint).expanduser().resolve()
     st, text = path.stat(), text_encoder_source(text_encoder)
     rel = path.relative_to(home).as_posix() if home in path.parents else None
-    ident = f"~/{rel}|{st.st_size}" if rel else f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    released = rel in (config.CHECKPOINT_NAME, f"unimed/{config.UNIMED_FILE}")  # SHA-checked
+    ident = f"~/{rel}|{st.st_size}" if released else f"{path}|{st.st_size}|{st.st_mtime_ns}"
     if home in Path(text).parents:
         text = f"~/{Path(text).relative_to(home).as_posix()}"
     name = hashlib.sha256(f"{ident}|{text}".encode()).hexdigest()[:16]

@@ -23,7 +23,7 @@ from mmkd_utils.model.device import resolve_device, resolve_precision
 from mmkd_utils.model.loading import load_checkpoint_model, text_encoder_source
 
 DEFAULT_MODEL = "mmkd-clip-b16"
-UNIMED_REPO, UNIMED_FILE = "UzairK/unimed-clip-vit-b16", "unimed-clip-vit-b16.pt"
+UNIMED_REPO, UNIMED_FILE = config.UNIMED_REPO, config.UNIMED_FILE
 BIOMEDCLIP_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
 _OPENAI = "224 px: shortest side resized (bicubic), centre crop, OpenAI CLIP mean/std"

@@ -126,7 +126,10 @@ def _fit(x, y, cs: list[float], cv: int, groups=None) -> tuple[Any, float, int, 
     clf = LogisticRegressionCV(
         Cs=cs, cv=list(splits.split(x, y, groups)), scoring="accuracy", **FIT
     ).fit(x, y)
-    cv_accuracy = next(iter(clf.scores_.values())).mean(axis=0).max()  # [folds, Cs]
+    scores = clf.scores_  # {class: [folds, Cs]}; an array from scikit-learn 1.10 on
+    cv_accuracy = (
+        (next(iter(scores.values())) if isinstance(scores, dict) else scores).mean(0).max()
+    )
     return clf, float(np.ravel(clf.C_)[0]), folds, float(cv_accuracy)
 
 
