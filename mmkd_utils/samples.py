@@ -18,6 +18,7 @@ from PIL import Image, ImageEnhance
 
 from mmkd_utils.demo import DEMO_MODALITIES, demo_images
 from mmkd_utils.errors import ArgumentError, SamplesNotFoundError, UnknownModalityError
+from mmkd_utils.images.pipeline import check_count
 
 #: The repository's ``imgs/`` folder, next to the ``mmkd_utils`` package.
 IMGS = Path(__file__).resolve().parents[1] / "imgs"
@@ -112,9 +113,7 @@ def build_collection(
         ([3, 2, 2, 2, 2, 2], 'none')
     """
     root = Path(root).expanduser()
-    for name, value, least in (("per_class", per_class, 1), ("size", size, 8)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ArgumentError(f"{name}={value!r}: pass a whole number >= {least}.")
+    per_class, size = check_count(per_class, "per_class", 6), check_count(size, "size", 256, 8)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ArgumentError(f"{root} exists and is not an empty folder: pass a new folder.")
     found = [(s.modality, p, p.stem, "imgs") for s, p in zip(SAMPLES, sample_images(), strict=True)]

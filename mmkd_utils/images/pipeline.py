@@ -89,8 +89,13 @@ def default_num_workers(n_images: int, batch_size: int = DEFAULT_BATCH_SIZE) -> 
     return 0 if n_images < 2 * batch_size else min(MAX_WORKERS, usable_cpus())
 
 
-def _check_count(value: Any, name: str, default: int | None, minimum: int = 1) -> int | None:
-    """``value`` if it is a whole number ≥ ``minimum``, ``default`` for None; else ArgumentError."""
+def check_count(value: Any, name: str, default: int | None, minimum: int = 1) -> int | None:
+    """``value`` if it is a whole number ≥ ``minimum``, ``default`` for None; else ArgumentError.
+
+    Example:
+        >>> check_count(None, "per_class", 6), check_count(3, "per_class", 6)
+        (6, 3)
+    """
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -105,7 +110,7 @@ def check_batch_size(batch_size: Any, default: int = DEFAULT_BATCH_SIZE) -> int:
         >>> check_batch_size(None), check_batch_size(8)
         (32, 8)
     """
-    return _check_count(batch_size, "batch_size", default)
+    return check_count(batch_size, "batch_size", default)
 
 
 def check_num_workers(num_workers: Any) -> int | None:
@@ -115,7 +120,7 @@ def check_num_workers(num_workers: Any) -> int | None:
         >>> check_num_workers(2)
         2
     """
-    return _check_count(num_workers, "num_workers", None, minimum=0)
+    return check_count(num_workers, "num_workers", None, minimum=0)
 
 
 def image_loader(
