@@ -17,7 +17,7 @@ from sklearn import metrics
 
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
 from mmkd_utils.model.classifier import ZeroShotClassifier
-from mmkd_utils.tasks.embeddings import list_images
+from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES, list_images
 
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
@@ -65,8 +65,9 @@ class EvaluationResult:
         return f"EvaluationResult({self.summary()})"
 
 
-def _loose_images(folder: Path) -> int:
-    return sum(path.parent == folder for path in list_images(folder))
+def _loose_images(folder: Path) -> int:  # image files directly in folder (one listing, no walk)
+    names = [e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")]
+    return sum(name.lower().endswith(IMAGE_SUFFIXES) for name in names)
 
 
 def _class_folders(root: str | os.PathLike) -> list[Path]:
