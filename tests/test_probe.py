@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold
 
+import mmkd_utils.tasks.probe as probe_module
 from mmkd_utils import MMKDError
 from mmkd_utils import linear_probe as exported
 from mmkd_utils.tasks.probe import (
@@ -371,3 +372,12 @@ def test_a_class_with_more_images_does_not_win_by_number():
     assert accuracy_score(y_test, unweighted.predict(x_test)) == 0.5
     run = linear_probe(x_train, y_train, x_test, y_test, shots=("all",), Cs=[1e-3]).table.iloc[0]
     assert run.accuracy > 0.9
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("cs", [[1.0], [0.1, 1.0]])
+def test_fits_that_stop_at_max_iter_are_reported(monkeypatch, data, cs):
+    monkeypatch.setattr(probe_module, "MAX_ITER", 1)
+    monkeypatch.setitem(probe_module.FIT, "max_iter", 1)
+    result = linear_probe(*data, shots=("all",), Cs=cs)
+    assert any("max_iter=1" in note for note in result.notes)

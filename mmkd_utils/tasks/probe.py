@@ -211,7 +211,8 @@ def linear_probe(
             f"cross-validation: {why}, too few for folds."
         )
     if unconverged:
-        notes.append(f"{unconverged} fit(s) stopped at max_iter={MAX_ITER} before converging.")
+        where = " (with cross-validation: a fit of some fold and C)" if len(cs) > 1 else ""
+        notes.append(f"{unconverged} run(s) had a fit stop at max_iter={MAX_ITER}{where}.")
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS).astype({"shots": object, "seed": "Int64"})
     summary = table.groupby("shots", sort=False)["accuracy"]
     summary = summary.agg(mean_accuracy="mean", std=lambda a: a.std(ddof=0), runs="size")
