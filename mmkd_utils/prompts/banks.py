@@ -313,7 +313,7 @@ def list_tasks(modality: str | None = None) -> list[str]:
 
     Example:
         >>> list_tasks("fundus")  # or list_tasks("fundus photograph"), the display name
-        ['fundus/diabetic_retinopathy', 'fundus/glaucoma']
+        ['fundus/diabetic_retinopathy', 'fundus/glaucoma', 'fundus/retinamnist']
     """
     if modality is None:
         return list(_task_index())
