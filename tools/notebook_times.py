@@ -62,6 +62,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,14 +184,10 @@ def bullet(e: Estimate) -> str:
         f"reading {r_lo}–{r_hi}, running about {run} on a 2-core CPU, the exercise "
         f"{e.exercise[0]}–{e.exercise[1]}."
     )
-    lines, line = [], ""
-    for word in text.split(" "):
-        if line and len(line) + 1 + len(word) > 88:
-            lines.append(line)
-            line = "  " + word
-        else:
-            line = f"{line} {word}" if line else word
-    return "\n".join([*lines, line]) + "\n"
+    wrapped = textwrap.fill(
+        text, 88, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
+    return wrapped + "\n"
 
 
 def readme_time(e: Estimate) -> str:
@@ -242,10 +239,9 @@ def disagreements(
 ) -> list[str]:
     """Where a notebook's bullet, the README's time column or the guide's times differ from
     the estimate."""
-    problems, records = [], recorded()
-    column = readme_times(readme)
+    problems, column, estimates = [], readme_times(readme), _estimates(paths)
     for path in paths or main_notebooks():
-        e = estimate(path, records)
+        e = estimates[path.name[:2]]
         if notebook_bullet(path).strip() != bullet(e).strip():
             problems.append(f"{path.name}: the time bullet is not {bullet(e).strip()!r}")
         number = path.name[:2]
@@ -254,7 +250,6 @@ def disagreements(
                 f"README row {number}: time {column.get(number)!r}, not {readme_time(e)!r}"
             )
     if guide.exists():
-        estimates = _estimates(paths)
         for match in GUIDE_TIME.finditer(guide.read_text(encoding="utf-8")):
             if match.group(2) != (want := guide_time(match.group(1), estimates)):
                 problems.append(
@@ -265,9 +260,9 @@ def disagreements(
 
 def write(paths: list[Path] | None = None, readme: Path = README, guide: Path = GUIDE) -> None:
     """Rewrite each notebook's time bullet, the README's time column and the guide's times."""
-    records, times = recorded(), {}
+    times, estimates = {}, _estimates(paths)
     for path in paths or main_notebooks():
-        e = estimate(path, records)
+        e = estimates[path.name[:2]]
         times[path.name[:2]] = readme_time(e)
         notebook = nbformat.read(path, as_version=4)
         cell = time_cell(notebook)
@@ -285,7 +280,6 @@ def write(paths: list[Path] | None = None, readme: Path = README, guide: Path = 
             lines[i] = "|".join(cells)
     readme.write_text("\n".join(lines), encoding="utf-8")
     if guide.exists():
-        estimates = _estimates(paths)
         text = GUIDE_TIME.sub(
             lambda m: (
                 f"<!-- time:{m.group(1)} -->{guide_time(m.group(1), estimates)}<!-- /time -->"
@@ -304,10 +298,12 @@ def table(paths: list[Path] | None = None) -> str:
     for path in paths or main_notebooks():
         e = estimate(path, records)
         c = e.counts
-        reading = "–".join(str(v) for v in rounded_range(*e.reading))
+        reading, exercise, total = (
+            "–".join(map(str, r)) for r in (rounded_range(*e.reading), e.exercise, e.total)
+        )
         rows.append(
             f"{path.name:<38} {c.words:>5} {c.code_lines:>4} {c.code_cells:>5}  "
-            f"{reading:>7} {e.running:>7.1f} {'10–15':>8} {'–'.join(map(str, e.total)):>8}"
+            f"{reading:>7} {e.running:>7.1f} {exercise:>8} {total:>8}"
         )
     rows.append(
         f"minutes; reading = prose at {PROSE_WPM[0]}–{PROSE_WPM[1]} wpm + code at "
