@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import json
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -239,3 +241,12 @@ def write_biomedclip_stand_in(folder: Path, *, text_name: str = REAL_BIOMEDCLIP_
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY_TEXT / name, folder / name)
     return folder
+
+
+def load_file(path: Path, name: str):
+    """The Python file ``path`` as module ``name`` (a tool or a conftest), no sys.path edit."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -3,26 +3,19 @@ estimate of ``tools/notebook_times.py`` (recorded running times, no kernel runs)
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from support import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def times():
-    spec = importlib.util.spec_from_file_location(
-        "mmkd_notebook_times", REPO / "tools" / "notebook_times.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file(REPO / "tools" / "notebook_times.py", "mmkd_notebook_times")
 
 
 def test_every_main_notebook_has_recorded_running_times(times):

@@ -30,7 +30,6 @@ are skipped):
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 import nbformat
 import pydicom
 import pytest
+from support import load_file
 
 from mmkd_utils.demo import DEMO_IMAGE_NAMES
 
@@ -61,12 +61,7 @@ ABSOLUTE_PATH_RE = re.compile(
 
 def _load_tool(name: str):
     """``tools/<name>.py`` as a module, loaded from its file (no sys.path edit)."""
-    spec = importlib.util.spec_from_file_location(
-        f"mmkd_tool_{name}", REPO / "tools" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(REPO / "tools" / f"{name}.py", f"mmkd_tool_{name}")
 
 
 SET_REPOSITORY = _load_tool("set_repository")
@@ -416,10 +411,7 @@ def test_no_absolute_paths(path):
 
 
 def _load_notebooks_conftest():
-    spec = importlib.util.spec_from_file_location("mmkd_nb_conftest", NOTEBOOKS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(NOTEBOOKS / "conftest.py", "mmkd_nb_conftest")
 
 
 def test_notebook_environment_keeps_what_the_user_set_and_restores_the_rest(tmp_path, monkeypatch):

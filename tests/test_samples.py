@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import load_file
 
 from mmkd_utils import samples
 from mmkd_utils.demo import DEMO_MODALITIES
@@ -22,9 +23,7 @@ from mmkd_utils.samples import SAMPLES, sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGS = ROOT / "imgs"
-_spec = importlib.util.spec_from_file_location("rebuild_samples", ROOT / "tools/rebuild_samples.py")
-rebuild = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rebuild)
+rebuild = load_file(ROOT / "tools" / "rebuild_samples.py", "rebuild_samples")
 build_samples, check_samples, main = rebuild.build_samples, rebuild.check_samples, rebuild.main
 credits_markdown, SOURCES = rebuild.credits_markdown, rebuild.SOURCES
 
