@@ -1,0 +1,207 @@
+"""Classification metrics as ``medmnist.Evaluator`` defines them, and stratified-bootstrap
+95% intervals. Every metric is a function of per-image weights: 1 each for the point
+estimate; for a bootstrap resample, how often the resample drew each image.
+
+``task`` (MedMNIST's names): ``"multi-class"`` and ``"ordinal-regression"`` (argmax; AUC =
+mean one-vs-rest AUC), ``"binary-class"`` (the last column's probability > 0.5), and
+``"multi-label, binary-class"`` (each label's probability > 0.5; every metric averaged over
+labels). ``balanced_acc`` is the mean recall of the classes present; ``macro_f1``,
+``precision`` and ``recall`` average over all classes (0 where undefined, as scikit-learn's
+``zero_division=0``); for multi-label they are the positive class's, averaged over labels.
+"""
+
+import numpy as np
+
+from mmkd_utils.errors import ArgumentError
+
+TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+METRICS = ("acc", "auc", "balanced_acc", "macro_f1", "precision", "recall")
+MULTI_LABEL = "multi-label, binary-class"
+
+
+def check_inputs(labels, scores, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as int [N] (or [N, L] for multi-label) and scores as float [N, C], checked.
+
+    Example:
+        >>> check_inputs([[0], [1]], [[0.8, 0.2], [0.3, 0.7]], "binary-class")[0]
+        array([0, 1])
+    """
+    if task not in TASKS:
+        raise ArgumentError(f"task={task!r}: use one of {', '.join(map(repr, TASKS))}.")
+    y, s = np.asarray(labels), np.asarray(scores, dtype=float)
+    y = y.reshape(len(y), -1) if task == MULTI_LABEL else y.reshape(-1)
+    s = s.reshape(len(s), -1)
+    n, c = s.shape
+    wide = y.shape[1] if task == MULTI_LABEL else int(y.max(initial=0)) + 1
+    wide = 1 if task == "binary-class" and wide <= 2 else wide  # one column is enough
+    if len(y) != n or n == 0 or not np.isfinite(s).all() or (y < 0).any() or wide > c:
+        raise ArgumentError(
+            f"labels {y.shape} and scores {s.shape} do not fit a {task!r} task: pass one "
+            "score row per image, finite, and one column per class (per label)."
+        )
+    return y.astype(int), s
+
+
+def _auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted ROC AUC per row of ``weights`` (ties count half, as ``roc_auc_score``)."""
+    order = np.argsort(score, kind="stable")
+    positive, score, weights = positive[order], score[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])  # groups of tied scores
+    pos = np.add.reduceat(weights * positive, starts, axis=1)
+    neg = np.add.reduceat(weights * ~positive, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
+
+
+def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(bottom > 0, top / bottom, 0.0)
+
+
+def _counts(y: np.ndarray, pred: np.ndarray, n_classes: int, weights: np.ndarray):
+    """Weighted true positives, support and predicted count per class: [B, C] each."""
+    truth, chosen = np.eye(n_classes)[y], np.eye(n_classes)[pred]
+    return weights @ (truth * chosen), weights @ truth, weights @ chosen
+
+
+def weighted_metrics(labels, scores, task: str, weights) -> dict[str, np.ndarray]:
+    """Every metric of :data:`METRICS` for each row of ``weights`` [B, N]: {name: [B]}.
+
+    Example:
+        >>> y, s = [0, 1, 1], [[0.9, 0.1], [0.4, 0.6], [0.7, 0.3]]
+        >>> weighted_metrics(y, s, "binary-class", [[1, 1, 1], [2, 1, 0]])["acc"]
+        array([0.66666667, 1.        ])
+    """
+    y, s = check_inputs(labels, scores, task)
+    w = np.asarray(weights, dtype=float).reshape(-1, len(y))
+    total = w.sum(axis=1)
+    if task == MULTI_LABEL:  # each label a binary problem at 0.5; averaged over labels
+        per = []
+        for j in range(y.shape[1]):
+            tp, support, predicted = _counts(y[:, j], (s[:, j] > 0.5).astype(int), 2, w)
+            recall = np.where(support > 0, _ratio(tp, support), np.nan)
+            per.append(
+                dict(
+                    acc=tp.sum(axis=1) / total,
+                    auc=_auc(y[:, j] == 1, s[:, j], w),
+                    balanced_acc=np.nanmean(recall, axis=1),
+                    macro_f1=_ratio(2 * tp, support + predicted)[:, 1],
+                    precision=_ratio(tp, predicted)[:, 1],
+                    recall=_ratio(tp, support)[:, 1],
+                )
+            )
+        return {m: np.mean([p[m] for p in per], axis=0) for m in METRICS}
+    n_classes = s.shape[1]
+    if task == "binary-class":
+        pred, aucs = (s[:, -1] > 0.5).astype(int), [_auc(y == 1, s[:, -1], w)]
+        n_classes = 2
+    else:
+        pred = s.argmax(axis=1)
+        aucs = [_auc(y == c, s[:, c], w) for c in range(n_classes)]
+    tp, support, predicted = _counts(y, pred, n_classes, w)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        balanced = np.nanmean(np.where(support > 0, tp / support, np.nan), axis=1)
+    return dict(
+        acc=tp.sum(axis=1) / total,
+        auc=np.mean(aucs, axis=0),
+        balanced_acc=balanced,
+        macro_f1=_ratio(2 * tp, support + predicted).mean(axis=1),
+        precision=_ratio(tp, predicted).mean(axis=1),
+        recall=_ratio(tp, support).mean(axis=1),
+    )
+
+
+def classification_metrics(labels, scores, task: str = "multi-class") -> dict[str, float]:
+    """The metrics of :data:`METRICS` (ACC and AUC as ``medmnist.Evaluator``); NaN if undefined.
+
+    Example:
+        >>> m = classification_metrics([0, 1, 2, 1], np.eye(3)[[0, 1, 2, 2]])
+        >>> m["acc"], m["balanced_acc"]
+        (0.75, 0.8333333333333334)
+    """
+    ones = np.ones((1, len(np.asarray(labels))))
+    return {
+        name: float(value[0])
+        for name, value in weighted_metrics(labels, scores, task, ones).items()
+    }
+
+
+def strata(labels, task: str) -> np.ndarray:
+    """The group of each image for stratified sampling: its class; for multi-label, its first
+    positive label (0 = none, else label + 1).
+
+    Example:
+        >>> strata([[0, 0], [0, 1], [1, 1]], "multi-label, binary-class")
+        array([0, 2, 1])
+    """
+    y = np.asarray(labels)
+    if task != MULTI_LABEL:
+        return y.reshape(-1).astype(int)
+    y = y.reshape(len(y), -1)
+    return np.where(y.any(axis=1), y.argmax(axis=1) + 1, 0)
+
+
+def stratified_sample(groups, per_group: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``per_group`` images of every group, drawn without replacement.
+
+    Example:
+        >>> stratified_sample([0, 0, 0, 1, 1, 2], 2).tolist()
+        [0, 1, 3, 4, 5]
+    """
+    g = np.asarray(groups).reshape(-1)
+    if per_group is None:
+        return np.arange(len(g))
+    if type(per_group) is not int or per_group < 1:
+        raise ArgumentError(f"max_per_class={per_group!r}: pass a whole number ≥ 1, or None.")
+    rng = np.random.default_rng(seed)
+    picked = [
+        rng.choice(idx, size=min(per_group, len(idx)), replace=False)
+        for idx in (np.flatnonzero(g == k) for k in np.unique(g))
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def bootstrap_ci(
+    labels,
+    scores,
+    task: str = "multi-class",
+    *,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of every metric over stratified bootstrap resamples (each group of
+    :func:`strata` keeps its size); a metric undefined in a resample is left out of it.
+
+    Example:
+        >>> y = [0] * 20 + [1] * 20
+        >>> low, high = bootstrap_ci(y, np.eye(2)[y] * 0.8 + 0.1)["acc"]
+        >>> low, high
+        (1.0, 1.0)
+    """
+    if type(n_resamples) is not int or n_resamples < 10:
+        raise ArgumentError(f"n_resamples={n_resamples!r}: pass a whole number ≥ 10, e.g. 1000.")
+    if not 0 < level < 1:
+        raise ArgumentError(f"level={level!r}: pass a fraction between 0 and 1, e.g. 0.95.")
+    y, s = check_inputs(labels, scores, task)
+    groups, rng = strata(y, task), np.random.default_rng(seed)
+    found: dict[str, list] = {m: [] for m in METRICS}
+    for start in range(0, n_resamples, 100):  # bounded memory: 100 resamples × N at a time
+        weights = np.zeros((min(100, n_resamples - start), len(y)))
+        for k in np.unique(groups):
+            idx = np.flatnonzero(groups == k)
+            weights[:, idx] = rng.multinomial(
+                len(idx), np.full(len(idx), 1 / len(idx)), len(weights)
+            )
+        for name, values in weighted_metrics(y, s, task, weights).items():
+            found[name].append(values)
+    tails = [50 * (1 - level), 50 * (1 + level)]
+    out = {}
+    for name, chunks in found.items():
+        values = np.concatenate(chunks)
+        values = values[np.isfinite(values)]
+        low, high = np.percentile(values, tails) if len(values) else (np.nan, np.nan)
+        out[name] = (float(low), float(high))
+    return out
