@@ -148,7 +148,7 @@ def stratified_sample(groups, per_group: int | None, seed: int = 0) -> np.ndarra
 
     Example:
         >>> stratified_sample([0, 0, 0, 1, 1, 2], 2).tolist()
-        [0, 1, 3, 4, 5]
+        [1, 2, 3, 4, 5]
     """
     g = np.asarray(groups).reshape(-1)
     if per_group is None:
