@@ -7,7 +7,9 @@ gets, with nothing to import:
 * ``clip``: the tiny model, loaded once (an :class:`~mmkd_utils.MMKDModel`);
 * ``tiny_checkpoint``, ``tiny_text_encoder``: paths of its checkpoint and tokenizer;
 * ``imgs``: the repository's ``imgs/`` folder; ``xray``: its chest X-ray (a path);
-* ``tmp``: a new empty folder (a ``Path``) for examples that write files.
+* ``tmp``: a new empty folder (a ``Path``) for examples that write files;
+* ``medmnist_root``: a folder of synthetic 28-pixel MedMNIST files in the real layout
+  (``breastmnist``, ``pathmnist``, ``chestmnist``; ``tests/support.py``).
 
 Only the package's modules are read for examples (not tests/, notebooks/ or tools/).
 While an example runs, ``MMKD_HOME`` is a fresh temporary folder, the other ``MMKD_*``
@@ -16,6 +18,8 @@ variables are unset and the Hugging Face hub is offline, for that example only.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,13 +36,30 @@ _MODEL: dict[str, object] = {}
 def pytest_collect_file(file_path, parent):
     """``--doctest-modules`` reads the package's examples only, not the tests' own files."""
     collected = yield
+    if file_path.name == "medmnist.py" and not importlib.util.find_spec("medmnist"):
+        return []  # the optional extra is not installed: its module cannot be imported
     if REPO / "mmkd_utils" in file_path.parents:
         return collected
     return [c for c in collected if not isinstance(c, DoctestModule)]
 
 
+def _medmnist_root(factory) -> Path:
+    """Synthetic MedMNIST files, written once per session (only if medmnist is installed)."""
+    if "medmnist" not in _MODEL:
+        root = factory.mktemp("medmnist")
+        if importlib.util.find_spec("medmnist"):
+            name = "mmkd_test_support"
+            spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "support.py")
+            support = sys.modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(support)
+            for flag in ("breastmnist", "pathmnist", "chestmnist"):
+                support.write_medmnist(root, flag)
+        _MODEL["medmnist"] = root
+    return _MODEL["medmnist"]
+
+
 @pytest.fixture(autouse=True)
-def _doctest_names(request, doctest_namespace, tmp_path, monkeypatch):
+def _doctest_names(request, doctest_namespace, tmp_path, tmp_path_factory, monkeypatch):
     """For docstring examples only: the names above, an empty cache and no network."""
     if not isinstance(request.node, DoctestItem):
         yield
@@ -62,5 +83,6 @@ def _doctest_names(request, doctest_namespace, tmp_path, monkeypatch):
         imgs=REPO / "imgs",
         xray=str(REPO / "imgs" / "xray_chest_pa.png"),
         tmp=tmp_path / "work",
+        medmnist_root=_medmnist_root(tmp_path_factory),
     )
     yield

@@ -93,6 +93,10 @@ class SamplesNotFoundError(MMKDError, FileNotFoundError):
     """The ``imgs/`` folder of sample images (or one of its files) is not there."""
 
 
+class DatasetNotFoundError(MMKDError, FileNotFoundError):
+    """A MedMNIST file is missing and cannot be downloaded, or is not a MedMNIST file."""
+
+
 class UnknownModalityError(MMKDError, ValueError):
     """``sample_images`` was asked for a modality that no sample has."""
 

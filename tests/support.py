@@ -250,3 +250,40 @@ def load_file(path: Path, name: str):
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+# --------------------------------------------------------------------------- MedMNIST
+#: Images per class in (train, val, test) of the synthetic MedMNIST files.
+MEDMNIST_COUNTS = (6, 4, 3)
+
+
+def write_medmnist(
+    root: Path, flag: str, size: int = 28, counts: tuple[int, int, int] = MEDMNIST_COUNTS
+) -> Path:
+    """A synthetic ``<flag>[_<size>].npz`` in the layout of the real files (keys, dtypes,
+    shapes: uint8 images [N, size, size(, 3)], uint8 labels [N, 1] or [N, L]). Each class
+    has its own brightness, so a probe can learn it; ``counts`` per class (multi-label: per
+    label, plus as many images with no finding)."""
+    import medmnist
+    import numpy as np
+
+    info, rng = medmnist.INFO[flag], np.random.default_rng(sum(map(ord, flag)))
+    n_classes, arrays = len(info["label"]), {}
+    for split, per_class in zip(("train", "val", "test"), counts, strict=True):
+        if info["task"].startswith("multi-label"):
+            labels = (rng.random((per_class * (n_classes + 1), n_classes)) < 0.15).astype(np.uint8)
+            labels[np.arange(per_class * n_classes), np.repeat(np.arange(n_classes), per_class)] = 1
+            labels[per_class * n_classes :] = 0  # images with no finding
+            level = labels.argmax(axis=1) + labels.any(axis=1)
+        else:
+            labels = np.repeat(np.arange(n_classes), per_class)[:, None].astype(np.uint8)
+            level = labels[:, 0]
+        shape = (len(labels), size, size) + ((3,) if info["n_channels"] == 3 else ())
+        noise = rng.integers(0, 40, shape)
+        base = (20 + 200 * level / max(1, n_classes)).reshape((-1,) + (1,) * (len(shape) - 1))
+        arrays[f"{split}_images"] = np.clip(base + noise, 0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{flag}{'' if size == 28 else f'_{size}'}.npz"
+    np.savez_compressed(path, **arrays)
+    return path
