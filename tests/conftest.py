@@ -7,8 +7,16 @@ import os
 import huggingface_hub.constants
 import numpy as np
 import pytest
-from support import TINY, TINY_CHECKPOINT, TINY_TEXT, LocalServer
+from support import (
+    TINY,
+    TINY_CHECKPOINT,
+    TINY_TEXT,
+    LocalServer,
+    unimed_bytes,
+    write_biomedclip_stand_in,
+)
 
+import mmkd_utils.model.registry as registry
 from mmkd_utils.config import ENV_VARS
 
 # Tests never reach the Hugging Face hub: everything they need is in tests/fixtures.
@@ -52,3 +60,26 @@ def server():
     """A local HTTP server (``tests/support.py``) for the download code; stopped after."""
     with LocalServer() as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def three_models(tiny_model, tmp_path_factory):
+    """The three registered models on their stand-ins, loaded once."""
+    unimed = tmp_path_factory.mktemp("unimed_cmp") / registry.UNIMED_FILE
+    unimed.write_bytes(unimed_bytes())
+    biomedclip = write_biomedclip_stand_in(tmp_path_factory.mktemp("biomedclip_cmp"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("cmp_home")))
+    try:
+        tiny_model.model_name = "mmkd-clip-b16"
+        return {
+            "mmkd-clip-b16": tiny_model,
+            "unimed-clip-b16": registry.load_registered(
+                "unimed-clip-b16", source=unimed, text_encoder=TINY_TEXT, device="cpu"
+            ),
+            "biomedclip": registry.load_registered(
+                "biomedclip", source=str(biomedclip), text_encoder=TINY_TEXT, device="cpu"
+            ),
+        }
+    finally:
+        mp.undo()

@@ -262,7 +262,7 @@ def write_medmnist(
 ) -> Path:
     """A synthetic ``<flag>[_<size>].npz`` in the layout of the real files (keys, dtypes,
     shapes: uint8 images [N, size, size(, 3)], uint8 labels [N, 1] or [N, L]). Each class
-    has its own brightness, so a probe can learn it; ``counts`` per class (multi-label: per
+    has a bright square in its own place, so a probe can learn it; ``counts`` per class (multi-label: per
     label, plus as many images with no finding)."""
     import medmnist
     import numpy as np
@@ -279,9 +279,12 @@ def write_medmnist(
             labels = np.repeat(np.arange(n_classes), per_class)[:, None].astype(np.uint8)
             level = labels[:, 0]
         shape = (len(labels), size, size) + ((3,) if info["n_channels"] == 3 else ())
-        noise = rng.integers(0, 40, shape)
-        base = (20 + 200 * level / max(1, n_classes)).reshape((-1,) + (1,) * (len(shape) - 1))
-        arrays[f"{split}_images"] = np.clip(base + noise, 0, 255).astype(np.uint8)
+        images = rng.integers(40, 80, shape)
+        cell = size // 4  # class k: a bright square in cell k of a 4 x 4 grid
+        for i, k in enumerate(level):
+            row, col = divmod(int(k) % 16, 4)
+            images[i, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = 230
+        arrays[f"{split}_images"] = images.astype(np.uint8)
         arrays[f"{split}_labels"] = labels
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{flag}{'' if size == 28 else f'_{size}'}.npz"

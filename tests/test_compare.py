@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support import TINY, TINY_TEXT, unimed_bytes, write_biomedclip_stand_in
+from support import TINY, TINY_TEXT, unimed_bytes
 
 import mmkd_utils.model.registry as registry
 from mmkd_utils import compare_models, load_model
@@ -20,29 +20,6 @@ PROMPTS = ["A chest X-ray.", "An MRI scan of the brain.", "A fundus photograph."
 def _no_registry_env(monkeypatch):
     for name in ("MMKD_UNIMED_CHECKPOINT", "MMKD_BIOMEDCLIP"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="session")
-def three_models(tiny_model, tmp_path_factory):
-    """The three registered models on their stand-ins, loaded once."""
-    unimed = tmp_path_factory.mktemp("unimed_cmp") / registry.UNIMED_FILE
-    unimed.write_bytes(unimed_bytes())
-    biomedclip = write_biomedclip_stand_in(tmp_path_factory.mktemp("biomedclip_cmp"))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("cmp_home")))
-    try:
-        tiny_model.model_name = "mmkd-clip-b16"
-        return {
-            "mmkd-clip-b16": tiny_model,
-            "unimed-clip-b16": registry.load_registered(
-                "unimed-clip-b16", source=unimed, text_encoder=TINY_TEXT, device="cpu"
-            ),
-            "biomedclip": registry.load_registered(
-                "biomedclip", source=str(biomedclip), text_encoder=TINY_TEXT, device="cpu"
-            ),
-        }
-    finally:
-        mp.undo()
 
 
 class FixedModel:

@@ -300,8 +300,8 @@ def evaluate_medmnist(
         >>> evaluate_medmnist(clip, "pathmnist", size=28, root=medmnist_root).labels.shape
         (27, 1)
     """
-    path = medmnist_file(flag, size, root)
     _check(flag, split, size)
+    path = medmnist_file(flag, size, root)
     idx, labels = _sample(path, flag, split, max_per_class, seed)
     feats, from_cache = split_embeddings(
         model, path, split, idx, batch_size=batch_size, cache=cache

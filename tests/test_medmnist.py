@@ -1,0 +1,242 @@
+"""MedMNIST+ on synthetic files in the real layout: the official evaluator's numbers, stratified
+samples, downloads (local server), the offline error, the embedding cache, probes, three models."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from support import dead_url, write_medmnist
+
+from mmkd_utils.errors import ArgumentError, DatasetNotFoundError, MMKDError
+from mmkd_utils.tasks.metrics import METRICS
+
+medmnist = pytest.importorskip("medmnist")
+mm = pytest.importorskip("mmkd_utils.tasks.medmnist")
+
+#: One dataset of each MedMNIST task type.
+KINDS = {
+    "binary-class": "pneumoniamnist",
+    "multi-class": "dermamnist",
+    "multi-label, binary-class": "chestmnist",
+    "ordinal-regression": "retinamnist",
+}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("medmnist")
+    for flag in KINDS.values():
+        write_medmnist(folder, flag, counts=(3, 2, 8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One embedding cache for the module's tests that do not test the cache itself."""
+    return tmp_path_factory.mktemp("embeddings")
+
+
+@pytest.mark.parametrize("task", list(KINDS))
+def test_acc_and_auc_agree_with_the_official_evaluator(tiny_model, root, cache, task):
+    flag = KINDS[task]
+    assert medmnist.INFO[flag]["task"] == task
+    result = mm.evaluate_medmnist(tiny_model, flag, size=28, root=root, cache=cache)
+    official = medmnist.Evaluator(flag, "test", size=28, root=str(root)).evaluate(result.scores)
+    assert result.metrics["auc"] == pytest.approx(official.AUC, abs=1e-9)
+    assert result.metrics["acc"] == pytest.approx(official.ACC, abs=1e-9)
+    with np.load(root / f"{flag}.npz") as npz:
+        assert np.array_equal(result.labels, npz["test_labels"])  # as the file stores them
+    n_columns = len(medmnist.INFO[flag]["label"])
+    assert result.scores.shape == (len(result.labels), n_columns)
+    if task != "multi-label, binary-class":
+        assert np.allclose(result.scores.sum(axis=1), 1.0)
+    assert set(result.metrics) == set(result.ci) == set(METRICS)
+    for name, (low, high) in result.ci.items():
+        assert low <= result.metrics[name] <= high or np.isnan(result.metrics[name])
+
+
+def test_the_scores_are_the_models_zero_shot_probabilities(tiny_model, root, cache):
+    result = mm.evaluate_medmnist(tiny_model, "dermamnist", size=28, root=root, cache=cache)
+    with np.load(root / "dermamnist.npz") as npz:
+        images = list(npz["test_images"][result.indices[:3]])
+    bank = mm.get_task("dermamnist")
+    prompts = {c: list(bank.synonyms[c][1:]) for c in bank.class_names}  # synonyms only
+    classes = {names[0]: names[1:] for names in prompts.values()}
+    expected = tiny_model.zero_shot(images, tiny_model.classifier(classes, bank.templates))
+    assert np.allclose(result.scores[:3], expected.double().numpy(), atol=1e-5)
+
+
+def test_chestmnist_is_scored_per_finding(tiny_model, root):
+    feats = torch.nn.functional.normalize(torch.randn(5, tiny_model.embed_dim), dim=-1).numpy()
+    scores = mm.zero_shot_scores(tiny_model, "chestmnist", feats)
+    assert scores.shape == (5, 14)
+    bank = mm.get_task("chestmnist_effusion")
+    pair = tiny_model.classifier(
+        {s[1]: s[2:] for s in bank.synonyms.values()}, bank.templates
+    ).weights
+    expected = (tiny_model.logit_scale * torch.from_numpy(feats) @ pair.T).double().softmax(-1)
+    assert np.allclose(scores[:, 2], expected[:, 1].numpy())  # effusion: label 2, "X" second
+
+
+def test_max_per_class_is_a_stratified_sample_that_keeps_every_class(tiny_model, tmp_path):
+    write_medmnist(tmp_path, "pathmnist", counts=(2, 2, 12))
+    for seed in (0, 1):
+        result = mm.evaluate_medmnist(
+            tiny_model, "pathmnist", size=28, root=tmp_path, max_per_class=5, seed=seed
+        )
+        assert np.bincount(result.labels.ravel(), minlength=9).tolist() == [5] * 9
+    other = mm.evaluate_medmnist(tiny_model, "pathmnist", size=28, root=tmp_path, max_per_class=5)
+    assert not np.array_equal(result.indices, other.indices)  # seed 1 vs seed 0
+    full = mm.evaluate_medmnist(tiny_model, "pathmnist", size=28, root=tmp_path)
+    assert len(full.labels) == 9 * 12
+
+
+def test_a_missing_file_offline_says_what_to_download_and_where(monkeypatch, tmp_path):
+    info = dict(medmnist.INFO["breastmnist"], url_64=dead_url("/breastmnist_64.npz"))
+    monkeypatch.setitem(medmnist.INFO, "breastmnist", info)
+    with pytest.raises(DatasetNotFoundError) as caught:
+        mm.medmnist_file("breastmnist", 64, root=tmp_path)
+    message = str(caught.value)
+    assert "breastmnist_64.npz" in message and info["url_64"] in message
+    assert str(tmp_path / "breastmnist_64.npz") in message and info["MD5_64"] in message
+    assert isinstance(caught.value, MMKDError) and isinstance(caught.value, FileNotFoundError)
+    assert list(tmp_path.iterdir()) in ([], [tmp_path / "breastmnist_64.npz.lock"])
+
+
+def test_the_default_folder_is_in_the_cache_home(monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MMKD_HOME", str(home))
+    monkeypatch.setattr(medmnist.info, "DEFAULT_ROOT", str(tmp_path / "package_root"))
+    write_medmnist(home / "medmnist", "breastmnist")
+    assert mm.medmnist_file("breastmnist", 28) == home / "medmnist" / "breastmnist.npz"
+    # A file the medmnist package already downloaded is used where it is.
+    theirs = write_medmnist(tmp_path / "package_root", "bloodmnist")
+    assert mm.medmnist_file("bloodmnist", 28) == theirs
+
+
+def test_a_download_is_md5_checked_and_written_whole(server, monkeypatch, tmp_path):
+    payload = write_medmnist(tmp_path / "source", "breastmnist", size=64).read_bytes()
+    server.set("/good.npz", payload)
+    server.set("/bad.npz", payload[:-10] + b"0123456789")
+    good = dict(
+        medmnist.INFO["breastmnist"],
+        url_64=server.url("/good.npz"),
+        MD5_64=hashlib.md5(payload).hexdigest(),
+    )
+    monkeypatch.setitem(medmnist.INFO, "breastmnist", good)
+    path = mm.medmnist_file("breastmnist", 64, root=tmp_path / "data")
+    assert path.read_bytes() == payload
+    assert mm.load_split(path, "test").shape == (6, 1)
+    monkeypatch.setitem(medmnist.INFO, "breastmnist", dict(good, url_64=server.url("/bad.npz")))
+    with pytest.raises(DatasetNotFoundError, match="MD5"):
+        mm.medmnist_file("breastmnist", 64, root=tmp_path / "other")
+    left = [p.name for p in (tmp_path / "other").iterdir()]
+    assert left == ["breastmnist_64.npz.lock"]  # nothing half-written is kept
+
+
+def test_the_embedding_cache_is_reused_on_the_second_run(tiny_model, tmp_path, monkeypatch):
+    write_medmnist(tmp_path, "dermamnist")
+    first = mm.evaluate_medmnist(tiny_model, "dermamnist", size=28, root=tmp_path)
+    assert first.details["from_cache"] == 0
+
+    def no_images(path, split, what="labels"):
+        assert what == "labels", "a cached split must not be decoded again"
+        return real(path, split, what)
+
+    real = mm.load_split
+    monkeypatch.setattr(mm, "load_split", no_images)
+    second = mm.evaluate_medmnist(tiny_model, "dermamnist", size=28, root=tmp_path)
+    assert second.details["from_cache"] == len(second.labels) == len(first.labels)
+    assert np.allclose(second.scores, first.scores, atol=1e-6)
+    monkeypatch.setattr(mm, "load_split", real)
+    # A new file under the same name (other images) is not served from the old cache.
+    write_medmnist(tmp_path, "dermamnist", counts=(6, 4, 4))
+    third = mm.evaluate_medmnist(tiny_model, "dermamnist", size=28, root=tmp_path)
+    assert third.details["from_cache"] == 0 and len(third.labels) == 7 * 4
+
+
+def test_a_broken_cache_file_is_recomputed(tiny_model, tmp_path):
+    path = write_medmnist(tmp_path, "breastmnist")
+    first = mm.split_embeddings(tiny_model, path, "test", np.arange(6))[0]
+    cached = list((mm.cache_folder(tiny_model) / "medmnist").glob("breastmnist_test.npz"))
+    assert len(cached) == 1
+    cached[0].write_bytes(b"half a file")
+    again, from_cache = mm.split_embeddings(tiny_model, path, "test", np.arange(6))
+    assert from_cache == 0 and np.allclose(again, first, atol=1e-6)
+
+
+def test_few_shot_probes_use_k_per_class_and_choose_c_on_val(tiny_model, tmp_path):
+    write_medmnist(tmp_path, "pathmnist", counts=(6, 4, 3))
+    runs = mm.few_shot_medmnist(
+        tiny_model,
+        "pathmnist",
+        shots=[1, 4, "all"],
+        seeds=[0, 1],
+        size=28,
+        root=tmp_path,
+        Cs=[0.01, 1.0],
+    )
+    assert [(r.details["shots"], r.details["seed"]) for r in runs] == [
+        (k, s) for k in (1, 4, "all") for s in (0, 1)
+    ]
+    with np.load(tmp_path / "pathmnist.npz") as npz:
+        train = npz["train_labels"].ravel()
+    for r in runs:
+        counts = np.bincount(train[r.details["train"]], minlength=9)
+        k = r.details["shots"]
+        assert counts.tolist() == [6 if k == "all" else k] * 9
+        assert r.details["C"] in (0.01, 1.0) and r.method == "linear probe"
+        assert r.scores.shape == (27, 9) and np.allclose(r.scores.sum(axis=1), 1)
+    assert not np.array_equal(runs[0].details["train"], runs[1].details["train"])
+    # The synthetic classes differ in brightness: a probe on all images separates them.
+    assert runs[-1].metrics["auc"] > 0.95
+
+
+def test_few_shot_works_for_multi_label_chestmnist(tiny_model, root, cache):
+    (run,) = mm.few_shot_medmnist(
+        tiny_model, "chestmnist", shots=[2], seeds=[0], size=28, root=root, Cs=[1.0], cache=cache
+    )
+    with np.load(root / "chestmnist.npz") as npz:
+        y = npz["train_labels"][run.details["train"]]
+    assert (y.sum(axis=0) >= 2).all() and (~y.any(axis=1)).sum() >= 2
+    assert run.scores.shape == (len(run.labels), 14) and run.task == "multi-label, binary-class"
+
+
+def test_three_models_through_the_same_call(three_models, root, cache):
+    results = [
+        mm.evaluate_medmnist(model, "pneumoniamnist", size=28, root=root, cache=cache)
+        for model in three_models.values()
+    ]
+    frame = mm.results_frame(results)
+    assert list(frame.columns) == list(mm.COLUMNS)
+    assert sorted(frame["model"].unique()) == sorted(three_models)
+    assert len(frame) == 3 * len(METRICS)
+    assert frame[["low", "high"]].notna().all().all()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(flag="tissuemnist"),
+        dict(flag="pathmnist3d"),
+        dict(flag="no such"),
+        dict(flag="dermamnist", split="validation"),
+        dict(flag="dermamnist", size=32),
+        dict(flag="dermamnist", max_per_class=0),
+    ],
+)
+def test_bad_arguments_are_argument_errors(tiny_model, root, kwargs):  # before any work
+    with pytest.raises(ArgumentError):
+        mm.evaluate_medmnist(tiny_model, **{"size": 28, "root": root, **kwargs})
+
+
+def test_a_file_that_is_not_medmnist_is_refused(tmp_path):
+    (tmp_path / "breastmnist.npz").write_bytes(b"not a zip file")
+    with pytest.raises(DatasetNotFoundError, match="breastmnist.npz"):
+        mm.load_split(mm.medmnist_file("breastmnist", 28, tmp_path), "test")
+    np.savez(tmp_path / "pathmnist.npz", images=np.zeros(3))
+    with pytest.raises(DatasetNotFoundError, match="test_labels"):
+        mm.load_split(tmp_path / "pathmnist.npz", "test")
