@@ -192,7 +192,7 @@ def test_few_shot_probes_use_k_per_class_and_choose_c_on_val(tiny_model, tmp_pat
         assert r.scores.shape == (27, 9) and np.allclose(r.scores.sum(axis=1), 1)
     assert not np.array_equal(runs[0].details["train"], runs[1].details["train"])
     # The synthetic classes differ in brightness: a probe on all images separates them.
-    assert runs[-1].metrics["auc"] > 0.95
+    assert runs[-1].metrics["auc"] > 0.9  # chance: 0.5
 
 
 def test_few_shot_works_for_multi_label_chestmnist(tiny_model, root, cache):
