@@ -262,8 +262,8 @@ def write_medmnist(
 ) -> Path:
     """A synthetic ``<flag>[_<size>].npz`` in the layout of the real files (keys, dtypes,
     shapes: uint8 images [N, size, size(, 3)], uint8 labels [N, 1] or [N, L]). Each class
-    has a bright square in its own place, so a probe can learn it; ``counts`` per class (multi-label: per
-    label, plus as many images with no finding)."""
+    has a bright square in its own place, so a probe can learn it; ``counts`` per class
+    (multi-label: per label, plus as many images with no finding)."""
     import medmnist
     import numpy as np
 

@@ -240,3 +240,15 @@ def test_a_file_that_is_not_medmnist_is_refused(tmp_path):
     np.savez(tmp_path / "pathmnist.npz", images=np.zeros(3))
     with pytest.raises(DatasetNotFoundError, match="test_labels"):
         mm.load_split(tmp_path / "pathmnist.npz", "test")
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_rows_of_a_split_are_streamed_from_the_file(tmp_path, save):
+    path = write_medmnist(tmp_path, "dermamnist", counts=(3, 2, 5))
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    save(path, **arrays)  # stored or deflated members: both are read row by row
+    rows = [17, 3, 3, 30, 0]
+    part = mm.load_split(path, "test", "images", rows)
+    assert np.array_equal(part, arrays["test_images"][rows])
+    assert np.array_equal(mm.load_split(path, "train", "labels"), arrays["train_labels"])
