@@ -8,10 +8,12 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 from support import dead_url, write_medmnist
 
 from mmkd_utils.errors import ArgumentError, DatasetNotFoundError, MMKDError
-from mmkd_utils.tasks.metrics import METRICS
+from mmkd_utils.tasks.metrics import METRICS, classification_metrics
+from mmkd_utils.tasks.probe import FIT
 
 medmnist = pytest.importorskip("medmnist")
 mm = pytest.importorskip("mmkd_utils.tasks.medmnist")
@@ -191,6 +193,21 @@ def test_few_shot_probes_use_k_per_class_and_choose_c_on_val(tiny_model, tmp_pat
         assert r.details["C"] in (0.01, 1.0) and r.method == "linear probe"
         assert r.scores.shape == (27, 9) and np.allclose(r.scores.sum(axis=1), 1)
     assert not np.array_equal(runs[0].details["train"], runs[1].details["train"])
+    # C is the one with the best AUC on the official val split.
+    path, run = tmp_path / "pathmnist.npz", runs[2]
+    x = mm.split_embeddings(tiny_model, path, "train", run.details["train"])[0]
+    x_val, y_val = (
+        mm.split_embeddings(tiny_model, path, "val", np.arange(36))[0],
+        mm.load_split(path, "val"),
+    )
+    val_auc = {
+        c: classification_metrics(
+            y_val,
+            LogisticRegression(C=c, **FIT).fit(x, train[run.details["train"]]).predict_proba(x_val),
+        )["auc"]
+        for c in (0.01, 1.0)
+    }
+    assert run.details["C"] == max(val_auc, key=val_auc.get) and run.details["converged"]
     # The synthetic classes differ in brightness: a probe on all images separates them.
     assert runs[-1].metrics["auc"] > 0.9  # chance: 0.5
 

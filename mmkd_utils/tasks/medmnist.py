@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import uuid
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ import medmnist
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from mmkd_utils.config import cache_dir
@@ -310,7 +313,8 @@ def evaluate_medmnist(
     """Zero-shot classification of a MedMNIST+ split, with 95% bootstrap intervals.
 
     ``max_per_class``: a stratified sample of at most that many images per class (for
-    ChestMNIST, per first finding), drawn with ``seed``; None: the whole split.
+    ChestMNIST, per first finding), drawn with ``seed``; None: the whole split. ``seed``
+    also seeds the bootstrap (``n_resamples`` resamples, stratified the same way).
 
     Example:
         >>> evaluate_medmnist(clip, "pathmnist", size=28, root=medmnist_root).labels.shape
@@ -355,7 +359,9 @@ def _k_shot(labels: np.ndarray, task: str, k: int | str, seed: int) -> np.ndarra
 def _fit(x: np.ndarray, y: np.ndarray, c: float, task: str, n_classes: int):
     """A probe's scores function: one logistic regression, or one per label (multi-label)."""
     ys = [y[:, j] for j in range(y.shape[1])] if task == MULTI_LABEL else [y.reshape(-1)]
-    fits = [LogisticRegression(C=c, **FIT).fit(x, t) for t in ys]
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported in details["converged"]
+        fits = [LogisticRegression(C=c, **FIT).fit(x, t) for t in ys]
 
     def scores(z: np.ndarray) -> np.ndarray:
         if task == MULTI_LABEL:
@@ -364,6 +370,7 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, task: str, n_classes: int):
         out[:, fits[0].classes_] = fits[0].predict_proba(z)
         return out
 
+    scores.converged = all(f.n_iter_.max() < FIT["max_iter"] for f in fits)
     return scores
 
 
@@ -431,7 +438,13 @@ def few_shot_medmnist(
                 classification_metrics(labels, scores, task),
                 bootstrap_ci(labels, scores, task, n_resamples=n_resamples, seed=seed),
                 method="linear probe",
-                details={"shots": k, "seed": seed, "C": best[1], "train": pools["train"][0][rows]},
+                details={
+                    "shots": k,
+                    "seed": seed,
+                    "C": best[1],
+                    "converged": best[2].converged,
+                    "train": pools["train"][0][rows],
+                },
             )
         )
     return results
