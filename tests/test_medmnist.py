@@ -144,9 +144,9 @@ def test_the_embedding_cache_is_reused_on_the_second_run(tiny_model, tmp_path, m
     first = mm.evaluate_medmnist(tiny_model, "dermamnist", size=28, root=tmp_path)
     assert first.details["from_cache"] == 0
 
-    def no_images(path, split, what="labels"):
+    def no_images(path, split, what="labels", rows=None):
         assert what == "labels", "a cached split must not be decoded again"
-        return real(path, split, what)
+        return real(path, split, what, rows)
 
     real = mm.load_split
     monkeypatch.setattr(mm, "load_split", no_images)
@@ -160,14 +160,34 @@ def test_the_embedding_cache_is_reused_on_the_second_run(tiny_model, tmp_path, m
     assert third.details["from_cache"] == 0 and len(third.labels) == 7 * 4
 
 
-def test_a_broken_cache_file_is_recomputed(tiny_model, tmp_path):
+def test_the_cache_keeps_finished_chunks_and_skips_broken_parts(tiny_model, tmp_path, monkeypatch):
     path = write_medmnist(tmp_path, "breastmnist")
+    monkeypatch.setattr(mm, "CHUNK", 4)  # 6 test images: two chunks, two part files
     first = mm.split_embeddings(tiny_model, path, "test", np.arange(6))[0]
-    cached = list((mm.cache_folder(tiny_model) / "medmnist").glob("breastmnist_test.npz"))
-    assert len(cached) == 1
-    cached[0].write_bytes(b"half a file")
+    parts = sorted((mm.cache_folder(tiny_model) / "medmnist" / "breastmnist_test").glob("*.npz"))
+    assert len(parts) == 2
+    parts[0].write_bytes(b"half a file")  # as if a crash had cut it (it never is: renamed whole)
     again, from_cache = mm.split_embeddings(tiny_model, path, "test", np.arange(6))
-    assert from_cache == 0 and np.allclose(again, first, atol=1e-6)
+    assert from_cache in (2, 4) and np.allclose(again, first, atol=1e-6)
+    assert mm.split_embeddings(tiny_model, path, "test", np.arange(6))[1] == 6
+
+
+def test_an_interrupted_run_keeps_the_chunks_it_finished(tiny_model, tmp_path, monkeypatch):
+    path = write_medmnist(tmp_path, "breastmnist")
+    monkeypatch.setattr(mm, "CHUNK", 4)
+    real, calls = mm.embed_arrays, []
+
+    def crash_on_second_chunk(model, images, **kw):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, images, **kw)
+
+    monkeypatch.setattr(mm, "embed_arrays", crash_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        mm.split_embeddings(tiny_model, path, "test", np.arange(6))
+    monkeypatch.setattr(mm, "embed_arrays", real)
+    assert mm.split_embeddings(tiny_model, path, "test", np.arange(6))[1] == 4
 
 
 def test_few_shot_probes_use_k_per_class_and_choose_c_on_val(tiny_model, tmp_path):
@@ -269,3 +289,111 @@ def test_rows_of_a_split_are_streamed_from_the_file(tmp_path, save):
     part = mm.load_split(path, "test", "images", rows)
     assert np.array_equal(part, arrays["test_images"][rows])
     assert np.array_equal(mm.load_split(path, "train", "labels"), arrays["train_labels"])
+
+
+def test_rows_are_checked_and_may_repeat_or_come_in_any_order(tmp_path):
+    path = write_medmnist(tmp_path, "breastmnist")
+    full = mm.load_split(path, "test", "images")
+    assert np.array_equal(mm.load_split(path, "test", "images", [5, 1, 5, 0]), full[[5, 1, 5, 0]])
+    for rows in ([-1], [6], [0.5], [[0, 1]]):
+        with pytest.raises(ArgumentError):
+            mm.load_split(path, "test", "images", rows)
+    with pytest.raises(ArgumentError):
+        mm.load_split(path, "validation")
+
+
+def test_a_fortran_order_array_is_read_correctly(tmp_path):
+    path = write_medmnist(tmp_path, "breastmnist")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    arrays["test_images"] = np.asfortranarray(arrays["test_images"])
+    np.savez(path, **arrays)
+    part = mm.load_split(path, "test", "images", [4, 2])
+    assert np.array_equal(part, arrays["test_images"][[4, 2]])
+
+
+def test_a_capped_sample_estimates_the_whole_splits_metrics(tiny_model, tmp_path):
+    write_medmnist(tmp_path, "pneumoniamnist", counts=(2, 2, 30))
+    with np.load(tmp_path / "pneumoniamnist.npz") as npz:
+        arrays = dict(npz)
+    keep = np.r_[np.arange(30), 30 + np.arange(6)]  # 30 normal, 6 pneumonia: imbalanced
+    arrays["test_images"], arrays["test_labels"] = (
+        arrays["test_images"][keep],
+        arrays["test_labels"][keep],
+    )
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    full = mm.evaluate_medmnist(tiny_model, "pneumoniamnist", size=28, root=tmp_path)
+    capped = mm.evaluate_medmnist(
+        tiny_model, "pneumoniamnist", size=28, root=tmp_path, max_per_class=6
+    )
+    assert np.bincount(capped.labels.ravel()).tolist() == [6, 6]
+    # Weighted by N/n, the capped sample's accuracy is the full set's expectation: compare with
+    # the mean over classes of per-class accuracy, weighted by the class sizes of the full set.
+    pred = (capped.scores[:, 1] > 0.5).astype(int)
+    per_class = [np.mean(pred[capped.labels.ravel() == c] == c) for c in (0, 1)]
+    assert capped.metrics["acc"] == pytest.approx((30 * per_class[0] + 6 * per_class[1]) / 36)
+    assert full.metrics["auc"] == pytest.approx(
+        medmnist.Evaluator("pneumoniamnist", "test", size=28, root=str(tmp_path))
+        .evaluate(full.scores)
+        .AUC
+    )
+
+
+def test_chestmnist_max_per_class_keeps_every_first_finding(tiny_model, root, cache):
+    result = mm.evaluate_medmnist(
+        tiny_model, "chestmnist", size=28, root=root, max_per_class=3, cache=cache
+    )
+    every = np.bincount(mm.strata(mm.load_split(root / "chestmnist.npz", "test"), mm.MULTI_LABEL))
+    groups = mm.strata(result.labels, mm.MULTI_LABEL)
+    assert np.bincount(groups, minlength=len(every)).tolist() == np.minimum(every, 3).tolist()
+    assert (every > 0).sum() > 10
+
+
+def test_k_shot_sets_grow_by_adding_images(tiny_model, root, cache):
+    runs = mm.few_shot_medmnist(
+        tiny_model,
+        "dermamnist",
+        shots=[1, 2, 3],
+        seeds=[4],
+        size=28,
+        root=root,
+        Cs=[1.0],
+        cache=cache,
+        n_resamples=10,
+    )
+    sets = [set(r.details["train"].tolist()) for r in runs]
+    assert sets[0] < sets[1] < sets[2]
+
+
+def test_few_shot_checks_its_arguments_before_any_download(tiny_model, tmp_path):
+    for bad in (dict(shots=[0]), dict(shots=[]), dict(seeds=[0.5]), dict(Cs=[]), dict(Cs=[-1.0])):
+        with pytest.raises(ArgumentError):  # tmp_path is empty: a download would be tried next
+            mm.few_shot_medmnist(tiny_model, "dermamnist", size=28, root=tmp_path, **bad)
+
+
+def test_few_shot_with_a_capped_pool_uses_the_same_test_images_as_zero_shot(
+    tiny_model, root, cache
+):
+    zero = mm.evaluate_medmnist(
+        tiny_model, "dermamnist", size=28, root=root, max_per_class=3, cache=cache
+    )
+    (run,) = mm.few_shot_medmnist(
+        tiny_model,
+        "dermamnist",
+        shots=["all"],
+        seeds=[0],
+        size=28,
+        root=root,
+        max_per_class=2,
+        Cs=[1.0],
+        cache=cache,
+        n_resamples=10,
+    )
+    assert len(run.details["train"]) == 7 * 2
+    assert np.array_equal(
+        run.indices,
+        mm.evaluate_medmnist(
+            tiny_model, "dermamnist", size=28, root=root, max_per_class=2, cache=cache
+        ).indices,
+    )
+    assert len(zero.indices) == 7 * 3

@@ -13,6 +13,7 @@ from mmkd_utils.tasks.metrics import (
     TASKS,
     bootstrap_ci,
     classification_metrics,
+    sampling_weights,
     strata,
     stratified_sample,
     weighted_metrics,
@@ -133,6 +134,11 @@ def test_multi_label_strata_are_the_first_finding():
         lambda: bootstrap_ci([0, 1], [[1, 0], [0, 1]], n_resamples=3),
         lambda: bootstrap_ci([0, 1], [[1, 0], [0, 1]], level=95),
         lambda: stratified_sample([0, 1], 0),
+        lambda: classification_metrics([[0, 2]], [[0.1, 0.9]], MULTI_LABEL),
+        lambda: classification_metrics([[0, 1]], [[0.1, 0.9, 0.3]], MULTI_LABEL),
+        lambda: classification_metrics([0, 2], [[0.1, 0.2, 0.7]] * 2, "binary-class"),
+        lambda: classification_metrics([0.7, 1.2], [[0.1, 0.9]] * 2),
+        lambda: classification_metrics([0, -1], [[0.1, 0.9]] * 2),
     ],
 )
 def test_bad_input_is_an_mmkd_argument_error(call):
@@ -144,3 +150,24 @@ def test_bad_input_is_an_mmkd_argument_error(call):
 def test_an_undefined_auc_is_nan_not_an_error():
     m = classification_metrics([0, 0, 0], [[0.9, 0.1, 0], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1]])
     assert np.isnan(m["auc"]) and m["acc"] == pytest.approx(2 / 3)
+
+
+def test_sampling_weights_restore_the_class_mix_of_the_whole_set():
+    y = np.repeat([0, 1], [90, 10])
+    always_zero = np.eye(2)[np.zeros(100, int)]
+    assert classification_metrics(y, always_zero)["acc"] == pytest.approx(0.9)
+    idx = stratified_sample(y, 10)  # 10 of each class
+    w = sampling_weights(y, idx)
+    assert w.tolist() == [9.0] * 10 + [1.0] * 10
+    assert classification_metrics(y[idx], always_zero[idx])["acc"] == pytest.approx(0.5)
+    assert classification_metrics(y[idx], always_zero[idx], weights=w)["acc"] == pytest.approx(0.9)
+    low, high = bootstrap_ci(y[idx], always_zero[idx], weights=w)["acc"]
+    assert low == pytest.approx(0.9) and high == pytest.approx(0.9)  # stratified: no spread
+
+
+def test_an_interval_is_nan_when_the_metric_is_often_undefined():
+    # Label 1 has one positive, in the stratum of label 0: most resamples lose it.
+    y = np.array([[1, 1]] + [[1, 0]] * 3 + [[0, 0]] * 4)
+    s = np.random.default_rng(0).random(y.shape)
+    ci = bootstrap_ci(y, s, MULTI_LABEL)
+    assert np.isnan(ci["auc"]).all() and not np.isnan(ci["acc"]).any()

@@ -32,7 +32,13 @@ from tqdm.auto import tqdm
 
 from mmkd_utils.config import cache_dir
 from mmkd_utils.download import download_url
-from mmkd_utils.errors import ArgumentError, DatasetNotFoundError, DownloadError
+from mmkd_utils.errors import (
+    ArgumentError,
+    BankError,
+    DatasetNotFoundError,
+    DownloadError,
+    ProbeError,
+)
 from mmkd_utils.images import pipeline
 from mmkd_utils.prompts import get_task
 from mmkd_utils.tasks.embeddings import cache_folder
@@ -40,6 +46,7 @@ from mmkd_utils.tasks.metrics import (
     MULTI_LABEL,
     bootstrap_ci,
     classification_metrics,
+    sampling_weights,
     strata,
     stratified_sample,
 )
@@ -48,6 +55,8 @@ from mmkd_utils.tasks.probe import DEFAULT_CS, DEFAULT_SEEDS, DEFAULT_SHOTS, FIT
 #: The 2-D datasets whose modality the prompt banks cover (TissueMNIST's is fluorescence).
 FLAGS = tuple(f for f in medmnist.INFO if not f.endswith("3d") and f != "tissuemnist")
 SIZES, SPLITS = (28, 64, 128, 224), ("train", "val", "test")
+#: Images read and embedded at a time (one cache part file each): bounded memory.
+CHUNK = 2048
 #: Columns of :meth:`BenchmarkResult.to_frame`.
 COLUMNS = ("model", "dataset", "split", "size", "method", "shots", "seed", "n", "metric")
 COLUMNS += ("value", "low", "high")
@@ -158,30 +167,51 @@ def load_split(
         >>> load_split(path, "test").shape, load_split(path, "test", "images", [5, 0]).shape
         ((6, 1), (2, 28, 28))
     """
+    if split not in SPLITS or what not in ("labels", "images"):
+        raise ArgumentError(f"split={split!r}, what={what!r}: use {SPLITS} and labels/images.")
     key, found = f"{split}_{what}", []
     try:
         with zipfile.ZipFile(path) as npz, npz.open(f"{key}.npy") as f:
-            if rows is None:
-                return np.lib.format.read_array(f, allow_pickle=False)
-            major, minor = np.lib.format.read_magic(f)
-            reader = getattr(np.lib.format, f"read_array_header_{major}_{minor}")
-            shape, _, dtype = reader(f)
-            start, row = f.tell(), int(np.prod(shape[1:], dtype=int)) * dtype.itemsize
-            order = np.argsort(rows)
-            out = np.empty((len(rows), *shape[1:]), dtype)
-            for i in order:  # forward seeks only: a compressed member is read once
-                f.seek(start + int(rows[i]) * row)
-                out[i] = np.frombuffer(f.read(row), dtype).reshape(shape[1:])
-            return out
+            version = np.lib.format.read_magic(f)
+            reader = getattr(np.lib.format, "read_array_header_{}_{}".format(*version), None)
+            shape, fortran, dtype = reader(f) if reader else ((), True, None)
+            if rows is None or fortran:  # whole, or an unusual layout: read all, then pick
+                f.seek(0)
+                whole = np.lib.format.read_array(f, allow_pickle=False)
+                return whole if rows is None else whole[_rows(rows, len(whole))]
+            wanted, start = _rows(rows, shape[0]), f.tell()
+            unique, inverse = np.unique(wanted, return_inverse=True)
+            size = int(np.prod(shape[1:], dtype=int)) * dtype.itemsize
+            out = np.empty((len(unique), *shape[1:]), dtype)
+            for i, row in enumerate(unique.tolist()):  # forward seeks: read the member once
+                f.seek(start + row * size)
+                out[i] = np.frombuffer(f.read(size), dtype).reshape(shape[1:])
+            return out[inverse]
     except KeyError:
         with contextlib.suppress(Exception), zipfile.ZipFile(path) as npz:
             found = [name.removesuffix(".npy") for name in npz.namelist()]
+    except ArgumentError:
+        raise
     except Exception as err:  # not a zip, truncated, a pickle: not a MedMNIST file
         found = [f"nothing readable: {type(err).__name__}: {err}"]
     raise DatasetNotFoundError(
         f"{path} has no array {key!r} (it has {', '.join(found) or 'nothing'}): it is not a "
         "MedMNIST file. Delete it and run again to download it."
     )
+
+
+def _rows(rows: Sequence[int], n: int) -> np.ndarray:
+    wanted = np.asarray(rows)
+    if (
+        wanted.dtype.kind not in "iu"
+        or wanted.ndim != 1
+        or (wanted < 0).any()
+        or (wanted >= n).any()
+    ):
+        raise ArgumentError(
+            f"rows={rows!r}: pass whole numbers from 0 to {n - 1} (the split's size)."
+        )
+    return wanted
 
 
 def embed_arrays(model: Any, images: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
@@ -204,13 +234,27 @@ def embed_arrays(model: Any, images: np.ndarray, *, batch_size: int | None = Non
     return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
 
 
-def _read_cache(file: Path, source: str, dim: int) -> dict[int, np.ndarray]:
-    try:
-        with np.load(file) as npz:
-            ok = str(npz["source"]) == source and npz["embeddings"].shape[1:] == (dim,)
-            return dict(zip(npz["indices"].tolist(), npz["embeddings"], strict=True)) if ok else {}
-    except Exception:  # absent, half-written by a crash, another file's: embed again
-        return {}
+def _read_cache(folder: Path, source: str, dim: int) -> dict[int, np.ndarray]:
+    """Every readable part file of this source: {row: embedding}. Others are ignored."""
+    rows: dict[int, np.ndarray] = {}
+    for part in sorted(folder.glob("part-*.npz")) if folder.is_dir() else []:
+        with contextlib.suppress(Exception), np.load(part) as npz:  # a stale or broken part
+            vectors = npz["embeddings"]
+            if str(npz["source"]) == source and vectors.shape[1:] == (dim,):
+                rows.update(zip(npz["indices"].tolist(), vectors, strict=True))
+    return rows
+
+
+def _write_part(folder: Path, source: str, rows: list[int], vectors: np.ndarray) -> None:
+    """One part file, written whole (a temporary name, then renamed); never overwritten."""
+    name = f"part-{uuid.uuid4().hex}"
+    tmp = folder / f".{name}.tmp.npz"
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, indices=np.asarray(rows), embeddings=vectors, source=source)
+        os.replace(tmp, folder / f"{name}.npz")
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 def split_embeddings(
@@ -224,33 +268,31 @@ def split_embeddings(
 ) -> tuple[np.ndarray, int]:
     """Embeddings [len(indices), D] of rows of a split, and how many came from the cache.
 
+    Missing rows are read, embedded and cached :data:`CHUNK` at a time, each chunk as its own
+    part file: an interrupted run keeps what it finished, and two runs never overwrite each
+    other's rows.
+
     Example:
         >>> path = medmnist_file("breastmnist", 28, medmnist_root)
         >>> _ = split_embeddings(clip, path, "val", np.arange(4))
         >>> split_embeddings(clip, path, "val", np.arange(4))[1]
         4
     """
-    folder = cache_folder(model, cache)
-    file = None if folder is None else folder / "medmnist" / f"{path.stem}_{split}.npz"
+    base = cache_folder(model, cache)
+    folder = None if base is None else base / "medmnist" / f"{path.stem}_{split}"
     stat = path.stat()
     source = f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
-    rows = {} if file is None else _read_cache(file, source, model.embed_dim)
-    missing = [i for i in indices.tolist() if i not in rows]
-    if missing:
-        images = load_split(path, split, "images", missing)
-        rows.update(zip(missing, embed_arrays(model, images, batch_size=batch_size), strict=True))
-        if file is not None:  # all rows so far, written whole (a temporary file, then renamed)
-            tmp = file.with_name(f".{file.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
-            keys = np.asarray(sorted(rows))
-            with contextlib.suppress(OSError):
-                file.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(
-                    tmp, indices=keys, embeddings=np.stack([rows[i] for i in keys]), source=source
-                )
-                os.replace(tmp, file)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-    return np.stack([rows[i] for i in indices.tolist()]), len(indices) - len(missing)
+    rows = {} if folder is None else _read_cache(folder, source, model.embed_dim)
+    missing = sorted(set(indices.tolist()) - set(rows))
+    for start in range(0, len(missing), CHUNK):
+        chunk = missing[start : start + CHUNK]
+        images = load_split(path, split, "images", chunk)
+        vectors = embed_arrays(model, images, batch_size=batch_size)
+        rows.update(zip(chunk, vectors, strict=True))
+        if folder is not None:
+            _write_part(folder, source, chunk, vectors)
+    from_cache = sum(i not in set(missing) for i in indices.tolist())
+    return np.stack([rows[i] for i in indices.tolist()]), from_cache
 
 
 def class_names(flag: str) -> tuple[str, ...]:
@@ -281,6 +323,9 @@ def zero_shot_scores(model: Any, flag: str, embeddings: np.ndarray) -> np.ndarra
     for name in names:
         bank = get_task(name)
         prompts = {s[0]: s[1:] for s in (bank.synonyms[c][1:] or (c,) for c in bank.class_names)}
+        expected = 2 if task == MULTI_LABEL else len(class_names(flag))
+        if len(prompts) != len(bank.class_names) or len(prompts) != expected:
+            raise BankError(f"Task {name!r} must have {expected} classes with distinct synonyms.")
         weights = model.classifier(prompts, bank.templates).weights
         probs = (model.logit_scale * feats @ weights.T).double().softmax(dim=-1).numpy()
         columns.append(probs[:, 1:] if task == MULTI_LABEL else probs)
@@ -292,9 +337,29 @@ def _model_name(model: Any) -> str:
 
 
 def _sample(path: Path, flag: str, split: str, max_per_class: int | None, seed: int):
-    labels = load_split(path, split)
-    idx = stratified_sample(strata(labels, medmnist.INFO[flag]["task"]), max_per_class, seed)
-    return idx, labels[idx]
+    """Rows of a stratified sample, their labels, and the weights that restore the class mix."""
+    groups = strata(labels := load_split(path, split), medmnist.INFO[flag]["task"])
+    idx = stratified_sample(groups, max_per_class, seed)
+    return idx, labels[idx], sampling_weights(groups, idx)
+
+
+def _scored(flag, split, size, pool, scores, seed, n_resamples, **extra) -> BenchmarkResult:
+    idx, labels, weights = pool
+    task, boot = medmnist.INFO[flag]["task"], np.random.SeedSequence((seed, 1))  # own stream
+    return BenchmarkResult(
+        extra.pop("model"),
+        flag,
+        split,
+        size,
+        task,
+        class_names(flag),
+        idx,
+        labels,
+        scores,
+        classification_metrics(labels, scores, task, weights),
+        bootstrap_ci(labels, scores, task, n_resamples=n_resamples, seed=boot, weights=weights),
+        **extra,
+    )
 
 
 def evaluate_medmnist(
@@ -313,8 +378,11 @@ def evaluate_medmnist(
     """Zero-shot classification of a MedMNIST+ split, with 95% bootstrap intervals.
 
     ``max_per_class``: a stratified sample of at most that many images per class (for
-    ChestMNIST, per first finding), drawn with ``seed``; None: the whole split. ``seed``
-    also seeds the bootstrap (``n_resamples`` resamples, stratified the same way).
+    ChestMNIST, per first finding), drawn with ``seed``; None: the whole split. A sampled
+    image counts N/n times (N images of its class in the split, n sampled), so the metrics
+    estimate the whole split's, class mix included. The bootstrap (``n_resamples``,
+    stratified the same way) draws from its own stream of ``seed``. The interval covers the
+    sampling of test images for this model and these prompts, nothing else.
 
     Example:
         >>> evaluate_medmnist(clip, "pathmnist", size=28, root=medmnist_root).labels.shape
@@ -322,38 +390,36 @@ def evaluate_medmnist(
     """
     _check(flag, split, size)
     path = medmnist_file(flag, size, root)
-    idx, labels = _sample(path, flag, split, max_per_class, seed)
+    pool = _sample(path, flag, split, max_per_class, seed)
     feats, from_cache = split_embeddings(
-        model, path, split, idx, batch_size=batch_size, cache=cache
+        model, path, split, pool[0], batch_size=batch_size, cache=cache
     )
-    task = medmnist.INFO[flag]["task"]
     scores = zero_shot_scores(model, flag, feats)
-    return BenchmarkResult(
-        _model_name(model),
+    details = {"from_cache": from_cache}
+    return _scored(
         flag,
         split,
         size,
-        task,
-        class_names(flag),
-        idx,
-        labels,
+        pool,
         scores,
-        classification_metrics(labels, scores, task),
-        bootstrap_ci(labels, scores, task, n_resamples=n_resamples, seed=seed),
-        details={"from_cache": from_cache},
+        seed,
+        n_resamples,
+        model=_model_name(model),
+        details=details,
     )
 
 
 def _k_shot(labels: np.ndarray, task: str, k: int | str, seed: int) -> np.ndarray:
-    """Rows of a k-shot training set: k per class; multi-label: k per finding and k normals."""
+    """Rows of a k-shot training set: the first k of each class in an order drawn with
+    ``seed`` (so a larger k adds to a smaller one); multi-label: k per finding, k normals."""
     if k == "all":
         return np.arange(len(labels))
-    if task != MULTI_LABEL:
-        return stratified_sample(labels.reshape(-1), k, seed)
     rng, y = np.random.default_rng(seed), labels.reshape(len(labels), -1)
-    pools = [np.flatnonzero(y[:, j]) for j in range(y.shape[1])] + [np.flatnonzero(~y.any(1))]
-    picked = [rng.choice(p, min(k, len(p)), replace=False) for p in pools if len(p)]
-    return np.unique(np.concatenate(picked))
+    if task == MULTI_LABEL:
+        pools = [np.flatnonzero(y[:, j]) for j in range(y.shape[1])] + [np.flatnonzero(~y.any(1))]
+    else:
+        pools = [np.flatnonzero(y[:, 0] == c) for c in np.unique(y[:, 0])]
+    return np.unique(np.concatenate([rng.permutation(p)[:k] for p in pools]))
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, task: str, n_classes: int):
@@ -392,7 +458,9 @@ def few_shot_medmnist(
     image), C chosen by AUC on the val split, scored on test with bootstrap intervals.
 
     ``max_per_class`` caps the train, val and test pools as in :func:`evaluate_medmnist`
-    (seed 0), so ``"all"`` means the whole capped train pool. One result per shots × seed.
+    (seed 0, the same test images), so ``"all"`` means the whole capped train pool. One result
+    per shots × seed; each interval covers the test images only: the spread over seeds (which
+    k images were drawn) is another source of variation, shown by the seeds themselves.
 
     Example:
         >>> runs = few_shot_medmnist(clip, "pathmnist", shots=[1, 2], seeds=[0], size=28,
@@ -400,12 +468,26 @@ def few_shot_medmnist(
         >>> [(r.details["shots"], len(r.details["train"])) for r in runs]
         [(1, 9), (2, 18)]
     """
+    _check(flag, "train", size)
+    bad = [k for k in shots if k != "all" and (type(k) is not int or k < 1)]
+    if bad or not list(shots) or not list(seeds) or any(type(s) is not int for s in seeds):
+        raise ArgumentError(
+            f"shots={shots!r}, seeds={seeds!r}: pass whole numbers ≥ 1 or 'all' "
+            "as shots and whole numbers as seeds, e.g. shots=(1, 4), seeds=(0, 1)."
+        )
+    if not list(Cs) or not all(isinstance(c, (int, float)) and c > 0 for c in Cs):
+        raise ArgumentError(f"Cs={Cs!r}: pass positive numbers, e.g. np.logspace(-3, 3, 7).")
     path = medmnist_file(flag, size, root)
     task, names = medmnist.INFO[flag]["task"], class_names(flag)
-    bad = [k for k in shots if k != "all" and (type(k) is not int or k < 1)]
-    if bad or not shots or not seeds:
-        raise ArgumentError(f"shots={shots!r}, seeds={seeds!r}: pass whole numbers ≥ 1 or 'all'.")
     pools = {s: _sample(path, flag, s, max_per_class, 0) for s in SPLITS}
+    train_labels = pools["train"][1].reshape(len(pools["train"][1]), -1)
+    if (task == MULTI_LABEL and not train_labels.any(axis=0).all()) or len(
+        np.unique(train_labels)
+    ) < 2:
+        raise ProbeError(
+            f"The train pool of {flag} lacks positives of some label or class: "
+            "raise max_per_class (or pass None)."
+        )
     runs = {(k, seed): _k_shot(pools["train"][1], task, k, seed) for k in shots for seed in seeds}
     used = np.unique(np.concatenate(list(runs.values())))
     kw = dict(batch_size=batch_size, cache=cache)
@@ -419,32 +501,25 @@ def few_shot_medmnist(
         best = None
         for c in Cs:
             probe = _fit(x, y, c, task, len(names))
-            auc = classification_metrics(pools["val"][1], probe(x_val), task)["auc"]
-            auc = -np.inf if np.isnan(auc) else auc  # undefined on val: any C beats it
+            val = classification_metrics(pools["val"][1], probe(x_val), task, pools["val"][2])
+            auc = -np.inf if np.isnan(val["auc"]) else val["auc"]  # undefined: any C beats it
             if best is None or auc > best[0]:
                 best = (auc, c, probe)
-        scores, labels = best[2](x_test), pools["test"][1]
+        details = {"shots": k, "seed": seed, "C": best[1], "converged": best[2].converged}
+        details["train"] = pools["train"][0][rows]
+        model_name = _model_name(model)
         results.append(
-            BenchmarkResult(
-                _model_name(model),
+            _scored(
                 flag,
                 "test",
                 size,
-                task,
-                names,
-                pools["test"][0],
-                labels,
-                scores,
-                classification_metrics(labels, scores, task),
-                bootstrap_ci(labels, scores, task, n_resamples=n_resamples, seed=seed),
+                pools["test"],
+                best[2](x_test),
+                seed,
+                n_resamples,
+                model=model_name,
                 method="linear probe",
-                details={
-                    "shots": k,
-                    "seed": seed,
-                    "C": best[1],
-                    "converged": best[2].converged,
-                    "train": pools["train"][0][rows],
-                },
+                details=details,
             )
         )
     return results

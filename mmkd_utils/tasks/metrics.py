@@ -32,13 +32,17 @@ def check_inputs(labels, scores, task: str) -> tuple[np.ndarray, np.ndarray]:
     y = y.reshape(len(y), -1) if task == MULTI_LABEL else y.reshape(-1)
     s = s.reshape(len(s), -1)
     n, c = s.shape
-    wide = y.shape[1] if task == MULTI_LABEL else int(y.max(initial=0)) + 1
-    wide = 1 if task == "binary-class" and wide <= 2 else wide  # one column is enough
-    if len(y) != n or n == 0 or not np.isfinite(s).all() or (y < 0).any() or wide > c:
+    top = {MULTI_LABEL: 1, "binary-class": 1}.get(task, c - 1)  # the largest label allowed
+    wide = y.shape[1] != c if task == MULTI_LABEL else False
+    whole = y.size > 0 and np.issubdtype(y.dtype, np.number) and (y == np.round(y)).all()
+    if len(y) != n or n == 0 or not whole or wide or y.min() < 0 or y.max() > top:
         raise ArgumentError(
-            f"labels {y.shape} and scores {s.shape} do not fit a {task!r} task: pass one "
-            "score row per image, finite, and one column per class (per label)."
+            f"labels {y.shape} and scores {s.shape} do not fit a {task!r} task: pass one score "
+            f"row per image and labels that are whole numbers 0..{top} "
+            + ("(one column per label, as many as score columns)." if task == MULTI_LABEL else ".")
         )
+    if not np.isfinite(s).all():
+        raise ArgumentError("scores hold NaN or infinite values: pass finite probabilities.")
     return y.astype(int), s
 
 
@@ -113,18 +117,21 @@ def weighted_metrics(labels, scores, task: str, weights) -> dict[str, np.ndarray
     )
 
 
-def classification_metrics(labels, scores, task: str = "multi-class") -> dict[str, float]:
+def classification_metrics(
+    labels, scores, task: str = "multi-class", weights=None
+) -> dict[str, float]:
     """The metrics of :data:`METRICS` (ACC and AUC as ``medmnist.Evaluator``); NaN if undefined.
+    ``weights``: how many images each one stands for (:func:`sampling_weights`); default 1.
 
     Example:
         >>> m = classification_metrics([0, 1, 2, 1], np.eye(3)[[0, 1, 2, 2]])
         >>> m["acc"], m["balanced_acc"]
         (0.75, 0.8333333333333334)
     """
-    ones = np.ones((1, len(np.asarray(labels))))
+    w = np.ones(len(np.asarray(labels))) if weights is None else np.asarray(weights, float)
     return {
         name: float(value[0])
-        for name, value in weighted_metrics(labels, scores, task, ones).items()
+        for name, value in weighted_metrics(labels, scores, task, w[None]).items()
     }
 
 
@@ -163,6 +170,20 @@ def stratified_sample(groups, per_group: int | None, seed: int = 0) -> np.ndarra
     return np.sort(np.concatenate(picked))
 
 
+def sampling_weights(groups, indices) -> np.ndarray:
+    """How many images of its group each sampled image stands for: N_group / n_group. With
+    them, metrics of a stratified sample estimate those of the whole set, class mix included.
+
+    Example:
+        >>> sampling_weights([0, 0, 0, 0, 1, 1], [0, 1, 4, 5]).tolist()
+        [2.0, 2.0, 1.0, 1.0]
+    """
+    g = np.asarray(groups).reshape(-1)
+    picked = g[np.asarray(indices, dtype=int)]
+    _, inverse, sampled = np.unique(picked, return_inverse=True, return_counts=True)
+    return np.array([(g == k).sum() for k in picked], float) / sampled[inverse]
+
+
 def bootstrap_ci(
     labels,
     scores,
@@ -170,10 +191,13 @@ def bootstrap_ci(
     *,
     n_resamples: int = 1000,
     level: float = 0.95,
-    seed: int = 0,
+    seed: int | np.random.SeedSequence = 0,
+    weights=None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile intervals of every metric over stratified bootstrap resamples (each group of
-    :func:`strata` keeps its size); a metric undefined in a resample is left out of it.
+    :func:`strata` keeps its size; ``weights`` as in :func:`classification_metrics`). A
+    metric undefined in a resample (an AUC without positives) is left out of it; if that
+    happens in more than 1% of the resamples, its interval is (NaN, NaN).
 
     Example:
         >>> y = [0] * 20 + [1] * 20
@@ -187,6 +211,7 @@ def bootstrap_ci(
         raise ArgumentError(f"level={level!r}: pass a fraction between 0 and 1, e.g. 0.95.")
     y, s = check_inputs(labels, scores, task)
     groups, rng = strata(y, task), np.random.default_rng(seed)
+    base = np.ones(len(y)) if weights is None else np.asarray(weights, float)
     found: dict[str, list] = {m: [] for m in METRICS}
     for start in range(0, n_resamples, 100):  # bounded memory: 100 resamples × N at a time
         weights = np.zeros((min(100, n_resamples - start), len(y)))
@@ -195,13 +220,14 @@ def bootstrap_ci(
             weights[:, idx] = rng.multinomial(
                 len(idx), np.full(len(idx), 1 / len(idx)), len(weights)
             )
-        for name, values in weighted_metrics(y, s, task, weights).items():
+        for name, values in weighted_metrics(y, s, task, weights * base).items():
             found[name].append(values)
     tails = [50 * (1 - level), 50 * (1 + level)]
     out = {}
     for name, chunks in found.items():
         values = np.concatenate(chunks)
         values = values[np.isfinite(values)]
-        low, high = np.percentile(values, tails) if len(values) else (np.nan, np.nan)
+        defined = len(values) >= 0.99 * n_resamples
+        low, high = np.percentile(values, tails) if defined else (np.nan, np.nan)
         out[name] = (float(low), float(high))
     return out
