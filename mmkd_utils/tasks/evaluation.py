@@ -1,6 +1,5 @@
 """Zero-shot evaluation of an image folder with one sub-folder per class (torchvision's
-*ImageFolder* layout): accuracy, per-class scores, AUROC by scikit-learn. Notebook 03.
-"""
+*ImageFolder* layout): accuracy, per-class scores, AUROC, bootstrap intervals. Notebook 03."""
 
 import math
 import os
@@ -18,6 +17,7 @@ from sklearn import metrics
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
 from mmkd_utils.model.classifier import ZeroShotClassifier
 from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES, list_images
+from mmkd_utils.tasks.metrics import bootstrap_ci, classification_metrics
 
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
@@ -27,10 +27,11 @@ PREDICTION_COLUMNS = ("path", "true", "predicted")
 class EvaluationResult:
     """Metrics and per-image predictions of :func:`evaluate_folder`.
 
-    ``top_k_accuracy`` is ``{k: accuracy}``; ``auroc_macro`` is NaN (see ``notes``) if a
-    class has no images. Tables: ``per_class`` (``class, precision, recall, f1, support``),
-    ``confusion`` (true rows, predicted columns), ``predictions`` (``path, true,
-    predicted`` and one probability per class), ``skipped`` (``path, reason``).
+    ``top_k_accuracy`` is ``{k: accuracy}``; ``auroc_macro`` is NaN if a class has no images.
+    ``metrics``: ``acc, auc, balanced_acc, macro_f1, precision, recall`` (``tasks.metrics``);
+    ``ci``: their stratified-bootstrap 95% intervals. Tables: ``per_class`` (``class,
+    precision, recall, f1, support``), ``confusion`` (true rows, predicted columns),
+    ``predictions`` (``path, true, predicted``, a probability per class), ``skipped``.
     """
 
     class_names: tuple[str, ...]
@@ -43,6 +44,8 @@ class EvaluationResult:
     confusion: pd.DataFrame
     predictions: pd.DataFrame
     skipped: pd.DataFrame
+    metrics: dict[str, float]
+    ci: dict[str, tuple[float, float]]
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -54,7 +57,8 @@ class EvaluationResult:
             >>> evaluate_folder(clip, tmp, ["CT", "MRI"]).summary()[:19]  # no MRI images
             '3 images, 2 classes'
         """
-        parts = [f"accuracy {self.accuracy:.3f}", f"balanced accuracy {self.balanced_accuracy:.3f}"]
+        parts = ["accuracy {:.3f} (95% CI {:.3f}-{:.3f})".format(self.accuracy, *self.ci["acc"])]
+        parts += [f"balanced accuracy {self.balanced_accuracy:.3f}"]
         parts += [f"top-{k} {v:.3f}" for k, v in self.top_k_accuracy.items()]
         parts += ["AUROC n/a" if math.isnan(self.auroc_macro) else f"AUROC {self.auroc_macro:.3f}"]
         skipped = f" ({len(self.skipped)} skipped)" if len(self.skipped) else ""
@@ -126,8 +130,8 @@ def match_folders(
     return {folder: found[0] for folder, found in mapping.items()}
 
 
-def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[int]) -> dict:
-    """Every metric of :class:`EvaluationResult` but the tables of images, by scikit-learn."""
+def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[int], **boot):
+    """Every metric of :class:`EvaluationResult` but the tables of images."""
     n, pred, labels = len(names), probs.argmax(axis=1), np.arange(len(names))
     scores = probs[:, 1] if n == 2 else probs  # scikit-learn's binary convention
     ties = int(((probs == probs.max(axis=1, keepdims=True)).sum(axis=1) > 1).sum())
@@ -137,17 +141,19 @@ def _metrics(y: np.ndarray, probs: np.ndarray, names: tuple[str, ...], ks: list[
         notes.append(f"{ties} image(s) have several classes tied: 'predicted' is the first.")
     if empty:
         notes.append(f"AUROC is NaN: class(es) {_quoted(empty)} have no images (AUC undefined).")
-    with warnings.catch_warnings():  # "k >= number of classes", "classes not in y_true"
+    with warnings.catch_warnings():  # "k >= number of classes"
         warnings.simplefilter("ignore")
         top = {k: metrics.top_k_accuracy_score(y, scores, k=k, labels=labels) for k in ks if k <= n}
-        balanced = metrics.balanced_accuracy_score(y, pred)
+    shared = classification_metrics(y, probs, "multi-class")
     per_class = metrics.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     true, columns = pd.Index(names, name="true"), ("class", "precision", "recall", "f1", "support")
     return dict(
-        accuracy=float(metrics.accuracy_score(y, pred)),
-        balanced_accuracy=float(balanced),
+        accuracy=shared["acc"],
+        balanced_accuracy=shared["balanced_acc"],
         top_k_accuracy={k: float(v) for k, v in top.items()},
-        auroc_macro=math.nan if empty else metrics.roc_auc_score(y, scores, multi_class="ovr"),
+        auroc_macro=shared["auc"],
+        metrics=shared,
+        ci=bootstrap_ci(y, probs, "multi-class", **boot),
         per_class=pd.DataFrame(dict(zip(columns, [names, *per_class], strict=True))),
         confusion=pd.DataFrame(
             metrics.confusion_matrix(y, pred, labels=labels), true, true.rename("predicted")
@@ -166,12 +172,15 @@ def evaluate_folder(
     batch_size: int | None = None,
     on_error: str = "raise",
     top_k: int | Iterable[int] = (1, 5),
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> EvaluationResult:
     """Zero-shot classify every image under ``root`` (one sub-folder per class) and score it.
 
     ``task_or_classes`` and ``templates`` go to ``model.classifier`` (or it is a classifier);
     folders are matched by :func:`match_folders`. ``on_error="skip"`` leaves out unreadable
     images and empty class folders: see ``result.skipped`` and the SkippedImagesWarning.
+    ``n_resamples`` and ``seed`` go to :func:`~mmkd_utils.tasks.metrics.bootstrap_ci`.
 
     Example:
         >>> import shutil
@@ -186,13 +195,13 @@ def evaluate_folder(
     ks = list(top_k) if isinstance(top_k, Iterable) else [top_k]
     if not all(type(k) is int and k > 0 for k in ks):
         raise ArgumentError(f"top_k={top_k!r}: pass positive whole numbers, e.g. (1, 5).")
+    bootstrap_ci([0], [[1.0]], n_resamples=n_resamples, seed=seed)  # bad values fail here, early
     folders, clf = _class_folders(root), task_or_classes
     if not isinstance(clf, ZeroShotClassifier):
         clf = model.classifier(clf, templates)
     elif templates is not None:
         raise PromptError("templates do not apply to a ready classifier: pass the class names.")
-    if clf.weights.shape[1] != model.embed_dim:
-        dim = clf.weights.shape[1]
+    if (dim := clf.weights.shape[1]) != model.embed_dim:
         raise PromptError(f"The classifier has {dim}-d weights: build it with this model.")
     names, clash = clf.class_names, set(clf.class_names) & set(PREDICTION_COLUMNS)
     if len(names) < 2 or clash:
@@ -236,7 +245,7 @@ def evaluate_folder(
     y = np.asarray([truth[i] for i in kept])
     table = {"path": [str(paths[i]) for i in kept], "true": [names[i] for i in y]}
     table["predicted"] = [names[i] for i in probs.argmax(axis=1)]
-    result = _metrics(y, probs, names, sorted(set(ks)))
+    result = _metrics(y, probs, names, sorted(set(ks)), n_resamples=n_resamples, seed=seed)
     return EvaluationResult(
         names,
         len(kept),
