@@ -19,6 +19,7 @@ from mmkd_utils.errors import (
     ArgumentTypeError,
     BankError,
     CheckpointError,
+    DatasetNotFoundError,
     DownloadError,
     EvaluationError,
     ImageLoadError,
@@ -76,3 +77,4 @@ __all__ += ["MMKDError", "ArgumentError", "ArgumentTypeError", "TextEncoderError
 __all__ += ["CheckpointError", "DownloadError", "EvaluationError", "ImageLoadError", "ProbeError"]
 __all__ += ["MissingDependencyError", "PrecisionFallbackWarning", "PromptError", "RetrievalError"]
 __all__ += ["BankError", "SamplesNotFoundError", "SkippedImagesWarning", "UnknownModalityError"]
+__all__ += ["DatasetNotFoundError"]

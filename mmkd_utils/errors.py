@@ -1,6 +1,5 @@
-"""Error and warning types of :mod:`mmkd_utils`. Every error for a bad input, a missing file or
-a failed download is an :class:`MMKDError` and also the built-in it stands for, so ``except
-MMKDError`` and ``except ValueError`` both work. Each message names the input and what to do.
+"""Error and warning types. Every error for a bad input, a missing file or a failed download is
+an :class:`MMKDError` and the built-in it stands for; each message says what to do.
 
 Example:
     >>> issubclass(ImageLoadError, MMKDError), issubclass(ImageLoadError, ValueError)

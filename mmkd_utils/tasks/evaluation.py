@@ -228,12 +228,10 @@ def evaluate_folder(
     with warnings.catch_warnings(record=True) as caught:  # to list the failures in skipped
         warnings.simplefilter("always", SkippedImagesWarning)
         feats = model.encode_images(paths, batch_size=batch_size, on_error=on_error)
-    failed = []
-    for w in caught:
-        if isinstance(w.message, SkippedImagesWarning):
-            failed += w.message.failures
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    skip = [isinstance(w.message, SkippedImagesWarning) for w in caught]
+    failed = [f for w, s in zip(caught, skip, strict=True) if s for f in w.message.failures]
+    for w in (w for w, s in zip(caught, skip, strict=True) if not s):
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     left_out = skipped + failed
     if left_out:
         lines = [f"  {path}: {reason}" for _, path, reason in left_out[:10]]
