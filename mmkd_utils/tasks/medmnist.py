@@ -343,23 +343,14 @@ def _sample(path: Path, flag: str, split: str, max_per_class: int | None, seed: 
     return idx, labels[idx], sampling_weights(groups, idx)
 
 
-def _scored(flag, split, size, pool, scores, seed, n_resamples, **extra) -> BenchmarkResult:
-    idx, labels, weights = pool
-    task, boot = medmnist.INFO[flag]["task"], np.random.SeedSequence((seed, 1))  # own stream
-    return BenchmarkResult(
-        extra.pop("model"),
-        flag,
-        split,
-        size,
-        task,
-        class_names(flag),
-        idx,
-        labels,
-        scores,
-        classification_metrics(labels, scores, task, weights),
-        bootstrap_ci(labels, scores, task, n_resamples=n_resamples, seed=boot, weights=weights),
-        **extra,
-    )
+def _scored(model, flag, split, size, pool, scores, seed, n_resamples, **extra) -> BenchmarkResult:
+    """A result with metrics and intervals; the bootstrap has its own stream of ``seed``."""
+    idx, labels, w = pool
+    task, boot = medmnist.INFO[flag]["task"], np.random.SeedSequence((seed, 1))
+    metrics = classification_metrics(labels, scores, task, w)
+    ci = bootstrap_ci(labels, scores, task, n_resamples=n_resamples, seed=boot, weights=w)
+    info = (flag, split, size, task, class_names(flag), idx, labels, scores, metrics, ci)
+    return BenchmarkResult(_model_name(model), *info, **extra)
 
 
 def evaluate_medmnist(
@@ -391,22 +382,11 @@ def evaluate_medmnist(
     _check(flag, split, size)
     path = medmnist_file(flag, size, root)
     pool = _sample(path, flag, split, max_per_class, seed)
-    feats, from_cache = split_embeddings(
+    feats, cached = split_embeddings(
         model, path, split, pool[0], batch_size=batch_size, cache=cache
     )
-    scores = zero_shot_scores(model, flag, feats)
-    details = {"from_cache": from_cache}
-    return _scored(
-        flag,
-        split,
-        size,
-        pool,
-        scores,
-        seed,
-        n_resamples,
-        model=_model_name(model),
-        details=details,
-    )
+    scores, details = zero_shot_scores(model, flag, feats), {"from_cache": cached}
+    return _scored(model, flag, split, size, pool, scores, seed, n_resamples, details=details)
 
 
 def _k_shot(labels: np.ndarray, task: str, k: int | str, seed: int) -> np.ndarray:
@@ -480,24 +460,18 @@ def few_shot_medmnist(
     path = medmnist_file(flag, size, root)
     task, names = medmnist.INFO[flag]["task"], class_names(flag)
     pools = {s: _sample(path, flag, s, max_per_class, 0) for s in SPLITS}
-    train_labels = pools["train"][1].reshape(len(pools["train"][1]), -1)
-    if (task == MULTI_LABEL and not train_labels.any(axis=0).all()) or len(
-        np.unique(train_labels)
-    ) < 2:
-        raise ProbeError(
-            f"The train pool of {flag} lacks positives of some label or class: "
-            "raise max_per_class (or pass None)."
-        )
+    train_y = pools["train"][1].reshape(len(pools["train"][1]), -1)
+    if not train_y.any(axis=0).all() if task == MULTI_LABEL else len(np.unique(train_y)) < 2:
+        raise ProbeError(f"The train pool of {flag} lacks a class or label: raise max_per_class.")
     runs = {(k, seed): _k_shot(pools["train"][1], task, k, seed) for k in shots for seed in seeds}
     used = np.unique(np.concatenate(list(runs.values())))
     kw = dict(batch_size=batch_size, cache=cache)
     x_used = split_embeddings(model, path, "train", pools["train"][0][used], **kw)[0]
-    x_all = dict(zip(used.tolist(), x_used, strict=True))
     x_val = split_embeddings(model, path, "val", pools["val"][0], **kw)[0]
     x_test = split_embeddings(model, path, "test", pools["test"][0], **kw)[0]
     results = []
     for (k, seed), rows in runs.items():
-        x, y = np.stack([x_all[i] for i in rows.tolist()]), pools["train"][1][rows]
+        x, y = x_used[np.searchsorted(used, rows)], pools["train"][1][rows]
         best = None
         for c in Cs:
             probe = _fit(x, y, c, task, len(names))
@@ -507,21 +481,8 @@ def few_shot_medmnist(
                 best = (auc, c, probe)
         details = {"shots": k, "seed": seed, "C": best[1], "converged": best[2].converged}
         details["train"] = pools["train"][0][rows]
-        model_name = _model_name(model)
-        results.append(
-            _scored(
-                flag,
-                "test",
-                size,
-                pools["test"],
-                best[2](x_test),
-                seed,
-                n_resamples,
-                model=model_name,
-                method="linear probe",
-                details=details,
-            )
-        )
+        args = (model, flag, "test", size, pools["test"], best[2](x_test), seed, n_resamples)
+        results.append(_scored(*args, method="linear probe", details=details))
     return results
 
 
