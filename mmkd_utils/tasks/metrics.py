@@ -70,6 +70,17 @@ def _counts(y: np.ndarray, pred: np.ndarray, n_classes: int, weights: np.ndarray
     return weights @ (truth * chosen), weights @ truth, weights @ chosen
 
 
+def _rates(tp, support, predicted, auc, classes=slice(None)) -> dict[str, np.ndarray]:
+    """Every metric from the counts per class; F1, precision and recall over ``classes``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        balanced = np.nanmean(np.where(support > 0, tp / support, np.nan), axis=1)
+    out = dict(acc=tp.sum(axis=1) / support.sum(axis=1), auc=auc, balanced_acc=balanced)
+    out["macro_f1"] = _ratio(2 * tp, support + predicted)[:, classes].mean(axis=1)
+    out["precision"] = _ratio(tp, predicted)[:, classes].mean(axis=1)
+    out["recall"] = _ratio(tp, support)[:, classes].mean(axis=1)
+    return out
+
+
 def weighted_metrics(labels, scores, task: str, weights) -> dict[str, np.ndarray]:
     """Every metric of :data:`METRICS` for each row of ``weights`` [B, N]: {name: [B]}.
 
@@ -80,41 +91,22 @@ def weighted_metrics(labels, scores, task: str, weights) -> dict[str, np.ndarray
     """
     y, s = check_inputs(labels, scores, task)
     w = np.asarray(weights, dtype=float).reshape(-1, len(y))
-    total = w.sum(axis=1)
-    if task == MULTI_LABEL:  # each label a binary problem at 0.5; averaged over labels
-        per = []
-        for j in range(y.shape[1]):
-            tp, support, predicted = _counts(y[:, j], (s[:, j] > 0.5).astype(int), 2, w)
-            recall = np.where(support > 0, _ratio(tp, support), np.nan)
-            per.append(
-                dict(
-                    acc=tp.sum(axis=1) / total,
-                    auc=_auc(y[:, j] == 1, s[:, j], w),
-                    balanced_acc=np.nanmean(recall, axis=1),
-                    macro_f1=_ratio(2 * tp, support + predicted)[:, 1],
-                    precision=_ratio(tp, predicted)[:, 1],
-                    recall=_ratio(tp, support)[:, 1],
-                )
+    if task == MULTI_LABEL:  # each label a binary problem at 0.5 (its positive class's F1...)
+        per = [
+            _rates(
+                *_counts(y[:, j], (s[:, j] > 0.5).astype(int), 2, w),
+                _auc(y[:, j] == 1, s[:, j], w),
+                [1],
             )
+            for j in range(y.shape[1])
+        ]
         return {m: np.mean([p[m] for p in per], axis=0) for m in METRICS}
-    n_classes = s.shape[1]
     if task == "binary-class":
-        pred, aucs = (s[:, -1] > 0.5).astype(int), [_auc(y == 1, s[:, -1], w)]
-        n_classes = 2
+        pred, aucs, n_classes = (s[:, -1] > 0.5).astype(int), [_auc(y == 1, s[:, -1], w)], 2
     else:
-        pred = s.argmax(axis=1)
+        pred, n_classes = s.argmax(axis=1), s.shape[1]
         aucs = [_auc(y == c, s[:, c], w) for c in range(n_classes)]
-    tp, support, predicted = _counts(y, pred, n_classes, w)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        balanced = np.nanmean(np.where(support > 0, tp / support, np.nan), axis=1)
-    return dict(
-        acc=tp.sum(axis=1) / total,
-        auc=np.mean(aucs, axis=0),
-        balanced_acc=balanced,
-        macro_f1=_ratio(2 * tp, support + predicted).mean(axis=1),
-        precision=_ratio(tp, predicted).mean(axis=1),
-        recall=_ratio(tp, support).mean(axis=1),
-    )
+    return _rates(*_counts(y, pred, n_classes, w), np.mean(aucs, axis=0))
 
 
 def classification_metrics(
