@@ -235,6 +235,100 @@ def plot_probe_curve(result, zero_shot_accuracy=None, *, ax=None) -> Figure:
     return fig
 
 
+def plot_benchmark(frame: pd.DataFrame, metric: str = "auc", ax=None) -> Figure:
+    """A :func:`~mmkd_utils.tasks.medmnist.results_frame`'s ``metric``: a point and its 95%
+    interval per result, a column per dataset, a colour per model (probes: per model, method
+    and shots; pass one seed). For AUC a dotted line marks chance, 0.5.
+
+    Example:
+        >>> frame = pd.DataFrame({"model": ["m1", "m2"] * 2, "dataset": ["a", "a", "b", "b"],
+        ...     "metric": "auc", "value": [0.8, 0.7, 0.6, 0.9], "low": [0.7, 0.6, 0.5, 0.8],
+        ...     "high": [0.9, 0.8, 0.7, 1.0]})
+        >>> ax = plot_benchmark(frame).axes[0]
+        >>> [t.get_text() for t in ax.get_xticklabels()], len(ax.containers)
+        (['a', 'b'], 2)
+    """
+    need = {"model", "dataset", "metric", "value", "low", "high"}
+    if not isinstance(frame, pd.DataFrame) or need - set(frame):
+        raise ArgumentError(f"frame must be a table of results_frame() with columns {need}.")
+    rows = frame[frame["metric"] == metric]
+    if rows.empty:
+        raise ArgumentError(f"metric={metric!r}: the frame has {sorted(set(frame['metric']))}.")
+    how = rows.get("method", pd.Series("zero-shot", rows.index)).astype(str)
+    label = rows["model"].astype(str) + ", " + how + " k=" + rows.get("shots", how).astype(str)
+    series = rows["model"].astype(str).where(how == "zero-shot", label)
+    datasets, names = list(dict.fromkeys(rows["dataset"])), list(dict.fromkeys(series))
+    fig, ax = _axes(ax, max(5.0, 2.5 + 1.1 * len(datasets)), 4.0)
+    for k, name in enumerate(names):
+        part = rows[series == name]
+        x = part["dataset"].map(datasets.index).to_numpy(float)
+        v, low, high = (part[c].to_numpy(float) for c in ("value", "low", "high"))
+        err = np.clip([v - low, high - v], 0, None)  # a point outside its interval: no bar
+        x += (k - (len(names) - 1) / 2) * 0.7 / len(names)
+        ax.errorbar(x, v, err, fmt="o", capsize=3, color=colormaps["tab10"].colors[k % 10],
+                    label=name)  # fmt: skip
+    if metric == "auc":
+        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance (AUC 0.5)")
+    ax.set_xticks(range(len(datasets)), datasets, rotation=30 if len(datasets) > 4 else 0)
+    ax.set(xlim=(-0.5, len(datasets) - 0.5), xlabel="dataset", ylabel=metric)
+    ax.set_title(f"{metric}: point estimate and 95% bootstrap interval")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    return fig
+
+
+def plot_few_shot(frame: pd.DataFrame, metric: str = "auc", ax=None) -> Figure:
+    """The few-shot curve of one dataset from a ``results_frame``: each probe's ``metric`` per
+    seed (points, 95% interval bars), the mean over seeds (line), shots on a log-2 axis with
+    "all" one doubling right of the largest k; zero-shot rows: a dashed line and its interval
+    as a band. A colour per model.
+
+    Example:
+        >>> probes = pd.DataFrame({"model": "m", "dataset": "a", "method": "linear probe",
+        ...     "shots": [1, 1, 4, 4, "all", "all"], "seed": [0, 1] * 3, "metric": "auc",
+        ...     "value": [0.6, 0.7, 0.8, 0.8, 0.9, 0.9], "low": 0.5, "high": 1.0})
+        >>> zero = pd.DataFrame({"model": ["m"], "dataset": "a", "method": "zero-shot",
+        ...     "shots": None, "seed": None, "metric": "auc", "value": 0.75, "low": 0.7,
+        ...     "high": 0.8})
+        >>> ax = plot_few_shot(pd.concat([probes, zero])).axes[0]
+        >>> [t.get_text() for t in ax.get_xticklabels()], ax.get_xticks().tolist()
+        (['1', '4', 'all'], [1.0, 4.0, 8.0])
+    """
+    need = {"model", "dataset", "method", "shots", "seed", "metric", "value", "low", "high"}
+    if not isinstance(frame, pd.DataFrame) or need - set(frame):
+        raise ArgumentError(f"frame must be a table of results_frame() with columns {need}.")
+    rows = frame[frame["metric"] == metric]
+    probes = rows[rows["method"] != "zero-shot"]
+    if probes.empty or rows["dataset"].nunique() != 1:
+        found = f"{len(probes)} probe rows of {metric!r}, datasets {sorted(set(frame['dataset']))}"
+        raise ArgumentError(f"frame has {found}: pass few_shot_medmnist results of one dataset.")
+    counted = sorted({int(s) for s in probes["shots"] if s != "all"})
+    last = 2.0 ** (math.floor(math.log2(max(counted, default=1))) + 1)  # where "all" stands
+    ticks = counted + ["all"] * any(probes["shots"] == "all")
+    fig, ax = _axes(ax, 7.5, 4.0)
+    for k, model in enumerate(dict.fromkeys(rows["model"])):
+        colour, mine = colormaps["tab10"].colors[k % 10], probes[probes["model"] == model]
+        x = np.array([last if s == "all" else float(s) for s in mine["shots"]])
+        v, low, high = (mine[c].to_numpy(float) for c in ("value", "low", "high"))
+        rank = mine["seed"].rank(method="dense").to_numpy(float)  # seeds side by side
+        err, label = np.clip([v - low, high - v], 0, None), f"{model}: each seed"
+        ax.errorbar(x * 2 ** (0.05 * (rank - rank.mean())), v, err, fmt="o", ms=4, alpha=0.45,
+                    elinewidth=1, color=colour, label=label)  # fmt: skip
+        mean = pd.Series(v).groupby(x).mean()
+        ax.plot(mean.index, mean.to_numpy(), "-", color=colour, label=f"{model}: mean of seeds")
+        for _, zero in rows[(rows["model"] == model) & (rows["method"] == "zero-shot")].iterrows():
+            ax.axhline(zero["value"], color=colour, linestyle="--", label=f"{model}: zero-shot")
+            ax.axhspan(zero["low"], zero["high"], color=colour, alpha=0.12, linewidth=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([last if s == "all" else s for s in ticks], [str(s) for s in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="training images per class (shots)", ylabel=f"test {metric}")
+    ax.set_title(f"{rows['dataset'].iloc[0]}: linear probes (95% intervals) and zero-shot")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    return fig
+
+
 def plot_model_comparison(table: pd.DataFrame, *, image: str | int | None = None) -> Figure:
     """Grouped bars of a :func:`~mmkd_utils.tasks.compare.compare_models` table: a panel per
     image (or only ``image``, a name or position), a bar per prompt and model; hatched: top-1.

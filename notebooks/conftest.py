@@ -12,7 +12,9 @@ the report header):
   reproduce the published demo, and say so).
 * ``MMKD_UNIMED_CHECKPOINT`` / ``MMKD_BIOMEDCLIP`` (notebook 07): tiny stand-ins for
   UniMed-CLIP and BiomedCLIP, from ``tests/support.py`` (random weights too).
-* ``MMKD_HOME``: a fresh temporary cache folder, removed at the end.
+* ``MMKD_HOME``: a fresh temporary cache folder, removed at the end. When ``medmnist`` is
+  installed it holds synthetic MedMNIST+ files in the real layout (``medmnist/<flag>_224.npz``,
+  ``tests/support.py``) for notebook 08's datasets, where its default ``root=None`` looks.
 * ``MMKD_DEMO_IMAGES``: the published images in ``<repo>/../shared/reference/demo_images``
   when that folder exists (as in CI); otherwise nine small generated stand-ins under the
   published names (``demo_images()`` then warns that they differ, which is expected).
@@ -42,6 +44,12 @@ SHARED_DEMO_IMAGES = REPO.parent / "shared" / "reference" / "demo_images"
 
 #: The notebooks are run by test_notebooks.py (a plain pytest test), not collected as files.
 collect_ignore_glob = ["*.ipynb"]
+
+#: Notebook 08's datasets and image size, and images per class in (train, val, test) of the
+#: synthetic files written for it: enough for every shot of its few-shot curve to run.
+MEDMNIST_FLAGS = ("pneumoniamnist", "breastmnist", "dermamnist", "pathmnist", "retinamnist")
+MEDMNIST_FLAGS += ("chestmnist",)
+MEDMNIST_SIZE, MEDMNIST_COUNTS = 224, (8, 3, 3)
 
 #: Published demo image names, with the PIL mode the stand-in gets (as the originals).
 _STAND_INS = {
@@ -96,7 +104,7 @@ def _variables(temp: Callable[[str], Path]) -> dict[str, Callable[[], str]]:
         "TRANSFORMERS_OFFLINE": lambda: "1",
         "MMKD_CHECKPOINT": lambda: str(TINY / "checkpoint.pt"),
         "MMKD_TEXT_ENCODER": lambda: str(TINY / "tiny-biomedbert"),
-        "MMKD_HOME": lambda: str(temp("home")),
+        "MMKD_HOME": lambda: str(_home(temp("home"))),
         "MMKD_UNIMED_CHECKPOINT": lambda: str(_unimed_stand_in(temp("unimed"))),
         "MMKD_BIOMEDCLIP": lambda: str(
             load_support().write_biomedclip_stand_in(
@@ -106,6 +114,14 @@ def _variables(temp: Callable[[str], Path]) -> dict[str, Callable[[], str]]:
         "MMKD_DEMO_IMAGES": lambda: str(demo if demo.is_dir() else _stand_in_images(temp("demo"))),
         "MPLBACKEND": lambda: "Agg",
     }
+
+
+def _home(folder: Path) -> Path:
+    """The cache folder, with synthetic MedMNIST+ files for notebook 08 (if medmnist is there)."""
+    if importlib.util.find_spec("medmnist"):
+        for flag in MEDMNIST_FLAGS:
+            load_support().write_medmnist(folder / "medmnist", flag, MEDMNIST_SIZE, MEDMNIST_COUNTS)
+    return folder
 
 
 def _unimed_stand_in(folder: Path) -> Path:

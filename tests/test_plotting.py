@@ -8,14 +8,21 @@ import sys
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mmkd_utils.errors import ImageLoadError, MMKDError, PromptError
-from mmkd_utils.plotting import LABEL_WRAP_WIDTH, plot_predictions, plot_probability_bars
+from mmkd_utils.errors import ArgumentError, ImageLoadError, MMKDError, PromptError
+from mmkd_utils.plotting import (
+    LABEL_WRAP_WIDTH,
+    plot_benchmark,
+    plot_few_shot,
+    plot_predictions,
+    plot_probability_bars,
+)
 
 matplotlib.use("Agg")  # headless; only the tests pick a backend, never the package
 
@@ -403,3 +410,127 @@ def test_plot_predictions_accepts_file_paths(tmp_path):
     shown = fig.axes[0].images[0].get_array()
     assert shown.shape == (32, 64, 3)
     assert int(np.max(shown)) == 255  # loaded through to_rgb: rescaled, not clipped
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def results_table(rows: list[tuple]) -> pd.DataFrame:
+    """A results_frame-like table from (model, dataset, method, shots, seed, value, low, high)."""
+    columns = ["model", "dataset", "method", "shots", "seed", "value", "low", "high"]
+    return pd.DataFrame(rows, columns=columns).assign(metric="auc")
+
+
+ZERO_SHOT = results_table([
+    ("m1", "path", "zero-shot", None, None, 0.80, 0.70, 0.90),
+    ("m2", "path", "zero-shot", None, None, 0.60, 0.55, 0.66),
+    ("m1", "derma", "zero-shot", None, None, 0.70, 0.65, 0.72),
+    ("m2", "derma", "zero-shot", None, None, 0.90, 0.85, 0.95),
+    ("m3", "derma", "zero-shot", None, None, 0.50, 0.40, 0.60),
+])  # fmt: skip
+
+
+def bar_spans(container) -> np.ndarray:
+    """[n, 2]: (low, high) of each error bar of an errorbar container, from the drawn segments."""
+    return np.array([(seg[0][1], seg[1][1]) for seg in container.lines[2][0].get_segments()])
+
+
+def test_benchmark_draws_each_result_with_its_interval_per_dataset_and_model():
+    ax = only_axes(plot_benchmark(ZERO_SHOT))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["path", "derma"]
+    assert ax.get_xlim() == (-0.5, 1.5)
+    assert [c.get_label() for c in ax.containers] == ["m1", "m2", "m3"]
+    for container, model in zip(ax.containers, ["m1", "m2", "m3"], strict=True):
+        mine = ZERO_SHOT[ZERO_SHOT["model"] == model]
+        assert bar_spans(container) == pytest.approx(mine[["low", "high"]].to_numpy())
+        x = container.lines[0].get_xdata()
+        columns = mine["dataset"].map({"path": 0, "derma": 1}).to_numpy()
+        assert np.all(np.abs(x - columns) < 0.4)  # offset within its dataset's column
+    x_derma = sorted(c.lines[0].get_xdata()[-1] for c in ax.containers)
+    assert len(set(np.round(x_derma, 6))) == 3  # three models side by side, not on top
+    chance = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert [list(line.get_ydata()) for line in chance] == [[0.5, 0.5]]
+
+
+def test_benchmark_chance_line_only_for_auc_and_probes_are_their_own_series():
+    table = pd.concat(
+        [ZERO_SHOT, results_table([("m1", "path", "linear probe", 16, 0, 0.9, 0.8, 1)])]
+    )
+    acc = table.assign(metric="acc")
+    ax = only_axes(plot_benchmark(acc, "acc"))
+    assert not [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert ax.get_ylabel() == "acc"
+    assert [c.get_label() for c in ax.containers] == ["m1", "m2", "m3", "m1, linear probe k=16"]
+
+
+def test_benchmark_point_outside_its_interval_gets_no_negative_bar():
+    table = results_table([("m1", "path", "zero-shot", None, None, 0.95, 0.96, 0.99)])
+    ((low, high),) = bar_spans(only_axes(plot_benchmark(table)).containers[0])
+    assert (low, high) == pytest.approx((0.95, 0.99))
+
+
+@pytest.mark.parametrize(
+    "frame, match",
+    [
+        pytest.param(ZERO_SHOT.drop(columns="low"), r"columns", id="missing column"),
+        pytest.param(ZERO_SHOT.to_dict(), r"columns", id="not a table"),
+        pytest.param(ZERO_SHOT.assign(metric="acc"), r"metric='auc'.*acc", id="metric absent"),
+    ],
+)
+def test_benchmark_bad_frame_raises_naming_the_problem(frame, match):
+    with pytest.raises(ArgumentError, match=match) as info:
+        plot_benchmark(frame)
+    assert isinstance(info.value, ValueError)
+
+
+FEW_SHOT = results_table(
+    [("m1", "derma", "linear probe", k, seed, 0.6 + 0.05 * i + 0.01 * seed, 0.5, 0.95)
+     for i, k in enumerate([1, 2, 4, 8, 16, "all"]) for seed in (0, 1, 2)]
+    + [("m2", "derma", "linear probe", k, 0, 0.7, 0.6, 0.8) for k in (1, 4)]
+    + [("m1", "derma", "zero-shot", None, None, 0.65, 0.61, 0.69)]
+)  # fmt: skip
+
+
+def test_few_shot_curve_log2_axis_all_at_the_right_seeds_means_and_zero_shot_band():
+    ax = only_axes(plot_few_shot(FEW_SHOT))
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8", "16", "all"]
+    assert list(ax.get_xticks()) == [1, 2, 4, 8, 16, 32]  # "all" one doubling after 16
+    assert ax.get_xlim()[1] > 32
+    m1, m2 = ax.containers  # one errorbar per model: every seed a point with its interval
+    assert len(m1.lines[0].get_xdata()) == 18 and len(m2.lines[0].get_xdata()) == 2
+    assert bar_spans(m1) == pytest.approx(np.tile([0.5, 0.95], (18, 1)))
+    mean = next(line for line in ax.lines if line.get_label() == "m1: mean of seeds")
+    assert list(mean.get_xdata()) == [1, 2, 4, 8, 16, 32]
+    assert list(mean.get_ydata()) == pytest.approx([0.61 + 0.05 * i for i in range(6)])
+    zero = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in zero] == [[0.65, 0.65]]  # m2 has none
+    (band,) = ax.patches
+    ys = band.get_patch_transform().transform(band.get_path().vertices)[:, 1]  # data y
+    assert (ys.min(), ys.max()) == pytest.approx((0.61, 0.69))
+    assert "derma" in ax.get_title() and ax.get_ylabel() == "test auc"
+
+
+def test_few_shot_draws_into_a_given_axes_and_without_all():
+    fig = plt.figure()
+    ax = fig.add_subplot()
+    probes = FEW_SHOT[FEW_SHOT["shots"].isin([1, 2, 4])]
+    assert plot_few_shot(probes, ax=ax) is fig
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "frame, match",
+    [
+        pytest.param(FEW_SHOT.drop(columns="seed"), r"columns", id="missing column"),
+        pytest.param(FEW_SHOT[FEW_SHOT["method"] == "zero-shot"], r"0 probe rows", id="no probes"),
+        pytest.param(pd.concat([FEW_SHOT, FEW_SHOT.assign(dataset="path")]), r"one dataset",
+                     id="two datasets"),
+        pytest.param(FEW_SHOT.assign(metric="acc"), r"0 probe rows of 'auc'", id="metric absent"),
+    ],
+)  # fmt: skip
+def test_few_shot_bad_frame_raises_naming_the_problem(frame, match):
+    with pytest.raises(ArgumentError, match=match) as info:
+        plot_few_shot(frame)
+    assert isinstance(info.value, ValueError)
