@@ -25,7 +25,7 @@ CAPABILITIES = {
     "evidence": (
         {"mmkd_utils.tasks.metrics", "mmkd_utils.tasks.medmnist"},
         {"mmkd_utils.plotting": {"plot_benchmark", "plot_few_shot"}},
-        800,
+        900,
     )
 }
 MAX_MODEL_CLASS_FILE_LINES = 300
@@ -185,9 +185,9 @@ def test_the_package_is_small():
     for name, (modules, functions, budget) in CAPABILITIES.items():
         assert modules <= set(lines), modules - set(lines)
         used = sum(lines.pop(m) for m in modules)
-        for module, names in functions.items():
+        for module, names in functions.items():  # each with the two blank lines before it
             spans = [
-                n.end_lineno - n.lineno + 1
+                n.end_lineno - n.lineno + 3
                 for n in TREES[module].body
                 if getattr(n, "name", "") in names
             ]

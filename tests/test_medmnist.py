@@ -202,7 +202,11 @@ def test_few_shot_probes_use_k_per_class_and_choose_c_on_val(tiny_model, tmp_pat
         Cs=[0.01, 1.0],
     )
     assert [(r.details["shots"], r.details["seed"]) for r in runs] == [
-        (k, s) for k in (1, 4, "all") for s in (0, 1)
+        (1, 0),
+        (1, 1),
+        (4, 0),
+        (4, 1),
+        ("all", 0),  # "all": every seed draws the same images
     ]
     with np.load(tmp_path / "pathmnist.npz") as npz:
         train = npz["train_labels"].ravel()
@@ -247,6 +251,21 @@ def test_three_models_through_the_same_call(three_models, root, cache):
         mm.evaluate_medmnist(model, "pneumoniamnist", size=28, root=root, cache=cache)
         for model in three_models.values()
     ]
+    diff, low, high = mm.paired_difference(results[0], results[1], "auc")
+    assert diff == pytest.approx(results[0].metrics["auc"] - results[1].metrics["auc"])
+    assert low <= diff <= high
+    other = mm.evaluate_medmnist(
+        three_models["biomedclip"],
+        "pneumoniamnist",
+        size=28,
+        root=root,
+        cache=cache,
+        max_per_class=3,
+    )
+    with pytest.raises(ArgumentError):
+        mm.paired_difference(results[0], other)
+    with pytest.raises(ArgumentError):
+        mm.paired_difference(results[0], results[1], "kappa")
     frame = mm.results_frame(results)
     assert list(frame.columns) == list(mm.COLUMNS)
     assert sorted(frame["model"].unique()) == sorted(three_models)

@@ -171,3 +171,17 @@ def test_an_interval_is_nan_when_the_metric_is_often_undefined():
     s = np.random.default_rng(0).random(y.shape)
     ci = bootstrap_ci(y, s, MULTI_LABEL)
     assert np.isnan(ci["auc"]).all() and not np.isnan(ci["acc"]).any()
+
+
+def test_the_paired_bootstrap_sees_a_difference_that_overlapping_intervals_hide():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    hard = rng.normal(size=120)  # shared per-image difficulty: both models' errors follow it
+    a = np.c_[np.zeros(120), np.where(y == 1, 0.9, 0) + hard]
+    b = np.c_[np.zeros(120), np.where(y == 1, 0.7, 0) + hard + 0.05 * rng.normal(size=120)]
+    ci_a, ci_b = bootstrap_ci(y, a, seed=1)["auc"], bootstrap_ci(y, b, seed=1)["auc"]
+    assert ci_a[0] < ci_b[1]  # the two intervals overlap
+    low, high = bootstrap_ci(y, a, seed=1, versus=b)["auc"]
+    point = classification_metrics(y, a)["auc"] - classification_metrics(y, b)["auc"]
+    assert 0 < low <= point <= high  # ... but the paired interval of the difference excludes 0
+    assert bootstrap_ci(y, a, versus=a)["auc"] == (0.0, 0.0)

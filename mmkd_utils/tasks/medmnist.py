@@ -86,6 +86,7 @@ class BenchmarkResult:
     scores: np.ndarray
     metrics: dict[str, float]
     ci: dict[str, tuple[float, float]]
+    weights: np.ndarray  # how many images of the split each one stands for (1: whole split)
     method: str = "zero-shot"
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -349,7 +350,7 @@ def _scored(model, flag, split, size, pool, scores, seed, n_resamples, **extra) 
     task, boot = medmnist.INFO[flag]["task"], np.random.SeedSequence((seed, 1))
     metrics = classification_metrics(labels, scores, task, w)
     ci = bootstrap_ci(labels, scores, task, n_resamples=n_resamples, seed=boot, weights=w)
-    info = (flag, split, size, task, class_names(flag), idx, labels, scores, metrics, ci)
+    info = (flag, split, size, task, class_names(flag), idx, labels, scores, metrics, ci, w)
     return BenchmarkResult(_model_name(model), *info, **extra)
 
 
@@ -439,8 +440,9 @@ def few_shot_medmnist(
 
     ``max_per_class`` caps the train, val and test pools as in :func:`evaluate_medmnist`
     (seed 0, the same test images), so ``"all"`` means the whole capped train pool. One result
-    per shots × seed; each interval covers the test images only: the spread over seeds (which
-    k images were drawn) is another source of variation, shown by the seeds themselves.
+    per shots × seed (``"all"`` once, with the first seed: every seed would draw the same
+    images); each interval covers the test images only: the spread over seeds (which k
+    images were drawn) is another source of variation, shown by the seeds themselves.
 
     Example:
         >>> runs = few_shot_medmnist(clip, "pathmnist", shots=[1, 2], seeds=[0], size=28,
@@ -463,7 +465,8 @@ def few_shot_medmnist(
     train_y = pools["train"][1].reshape(len(pools["train"][1]), -1)
     if not train_y.any(axis=0).all() if task == MULTI_LABEL else len(np.unique(train_y)) < 2:
         raise ProbeError(f"The train pool of {flag} lacks a class or label: raise max_per_class.")
-    runs = {(k, seed): _k_shot(pools["train"][1], task, k, seed) for k in shots for seed in seeds}
+    pairs = [(k, s) for k in shots for s in (seeds[:1] if k == "all" else seeds)]
+    runs = {(k, s): _k_shot(pools["train"][1], task, k, s) for k, s in pairs}
     used = np.unique(np.concatenate(list(runs.values())))
     kw = dict(batch_size=batch_size, cache=cache)
     x_used = split_embeddings(model, path, "train", pools["train"][0][used], **kw)[0]
@@ -484,6 +487,38 @@ def few_shot_medmnist(
         args = (model, flag, "test", size, pools["test"], best[2](x_test), seed, n_resamples)
         results.append(_scored(*args, method="linear probe", details=details))
     return results
+
+
+def paired_difference(
+    a: BenchmarkResult,
+    b: BenchmarkResult,
+    metric: str = "auc",
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``metric`` of ``a`` minus that of ``b``, two results on the same images, with a 95%
+    interval from resamples shared by both (a paired bootstrap): (difference, low, high).
+
+    Example:
+        >>> a = evaluate_medmnist(clip, "breastmnist", size=28, root=medmnist_root)
+        >>> paired_difference(a, a, "acc")
+        (0.0, 0.0, 0.0)
+    """
+    same = (a.dataset, a.split, a.size, a.indices.tolist()) == (
+        b.dataset,
+        b.split,
+        b.size,
+        b.indices.tolist(),
+    )
+    if not same or metric not in a.metrics:
+        raise ArgumentError(
+            f"metric={metric!r} (one of {', '.join(a.metrics)}) of two results on "
+            "the same images: evaluate both on the same split and sample."
+        )
+    kw = dict(n_resamples=n_resamples, seed=seed, weights=a.weights, versus=b.scores)
+    ci = bootstrap_ci(a.labels, a.scores, a.task, **kw)
+    return a.metrics[metric] - b.metrics[metric], *ci[metric]
 
 
 def results_frame(results: Sequence[BenchmarkResult]) -> pd.DataFrame:

@@ -185,17 +185,22 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int | np.random.SeedSequence = 0,
     weights=None,
+    versus=None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile intervals of every metric over stratified bootstrap resamples (each group of
     :func:`strata` keeps its size; ``weights`` as in :func:`classification_metrics`). A
     metric undefined in a resample (an AUC without positives) is left out of it; if that
-    happens in more than 1% of the resamples, its interval is (NaN, NaN).
+    happens in more than 1% of the resamples, its interval is (NaN, NaN). ``versus``: another
+    model's scores of the same images; the intervals are then of the difference
+    metric(scores) − metric(versus) on the same resamples (a paired bootstrap).
 
     Example:
         >>> y = [0] * 20 + [1] * 20
         >>> low, high = bootstrap_ci(y, np.eye(2)[y] * 0.8 + 0.1)["acc"]
         >>> low, high
         (1.0, 1.0)
+        >>> bootstrap_ci(y, np.eye(2)[y] * 0.8 + 0.1, versus=np.full((40, 2), 0.5))["auc"]
+        (0.5, 0.5)
     """
     if type(n_resamples) is not int or n_resamples < 10:
         raise ArgumentError(f"n_resamples={n_resamples!r}: pass a whole number ≥ 10, e.g. 1000.")
@@ -204,6 +209,7 @@ def bootstrap_ci(
     y, s = check_inputs(labels, scores, task)
     groups, rng = strata(y, task), np.random.default_rng(seed)
     base = np.ones(len(y)) if weights is None else np.asarray(weights, float)
+    other = None if versus is None else check_inputs(y, versus, task)[1]
     found: dict[str, list] = {m: [] for m in METRICS}
     for start in range(0, n_resamples, 100):  # bounded memory: 100 resamples × N at a time
         weights = np.zeros((min(100, n_resamples - start), len(y)))
@@ -212,8 +218,10 @@ def bootstrap_ci(
             weights[:, idx] = rng.multinomial(
                 len(idx), np.full(len(idx), 1 / len(idx)), len(weights)
             )
-        for name, values in weighted_metrics(y, s, task, weights * base).items():
-            found[name].append(values)
+        values = weighted_metrics(y, s, task, weights * base)
+        minus = {} if other is None else weighted_metrics(y, other, task, weights * base)
+        for name, v in values.items():
+            found[name].append(v - minus.get(name, 0.0))
     tails = [50 * (1 - level), 50 * (1 + level)]
     out = {}
     for name, chunks in found.items():
