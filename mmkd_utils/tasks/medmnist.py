@@ -495,10 +495,12 @@ def paired_difference(
     metric: str = "auc",
     *,
     n_resamples: int = 1000,
+    level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """``metric`` of ``a`` minus that of ``b``, two results on the same images, with a 95%
-    interval from resamples shared by both (a paired bootstrap): (difference, low, high).
+    """``metric`` of ``a`` minus that of ``b``, two results on the same images, with an
+    interval (95% by default) from resamples shared by both (a paired bootstrap; drawn as
+    every interval here, with its own ``seed``): (difference, low, high).
 
     Example:
         >>> a = evaluate_medmnist(clip, "breastmnist", size=28, root=medmnist_root)
@@ -516,7 +518,7 @@ def paired_difference(
             f"metric={metric!r} (one of {', '.join(a.metrics)}) of two results on "
             "the same images: evaluate both on the same split and sample."
         )
-    kw = dict(n_resamples=n_resamples, seed=seed, weights=a.weights, versus=b.scores)
+    kw = dict(n_resamples=n_resamples, level=level, seed=seed, weights=a.weights, versus=b.scores)
     ci = bootstrap_ci(a.labels, a.scores, a.task, **kw)
     return a.metrics[metric] - b.metrics[metric], *ci[metric]
 
