@@ -24,6 +24,9 @@ machine affects much less than a ratio of two medians):
   converted cache vs a re-creation of the reference pipeline (unpickle, copy into the
   model, 256-padding, fp32);
 * folder embedding: cold vs warm cache (``benchmarks/bench_embed_folder.py``).
+* MedMNIST arrays: ``embed_arrays`` on 64 decoded 224-pixel PathMNIST-like arrays vs the
+  plain loop over them (``PIL.Image.fromarray``, the model's preprocess, ``encode_image`` in
+  batches of 32): preprocessing and encoding only (``benchmarks/bench_medmnist.py``).
 
 Text encoder: BiomedBERT-base's architecture from its public config values, with a
 stand-in WordPiece vocabulary made of the demo prompts' words (the real tokenizer cannot be
@@ -436,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     clip = load_model(checkpoint, text_encoder=text, device="cpu", precision="fp32")
     results.update(bench_text_and_images(clip, images, args.reps, args.image_reps))
 
-    folder = _folder_benchmark(checkpoint, text, scratch)
-    results.update(folder)
+    results.update(_sibling_benchmark("bench_embed_folder.py", "folder", scratch / "home_folder"))
+    medmnist_args = ["--checkpoint", str(checkpoint), "--text-encoder", str(text)]
+    medmnist_args += ["--images", "64", "--reps", str(args.image_reps)]
+    results.update(_sibling_benchmark("bench_medmnist.py", "medmnist", home, *medmnist_args))
     results["total_s"] = time.perf_counter() - started
     results["machine"] = machine()
 
@@ -449,19 +454,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(ok for _, _, ok in targets) else 1
 
 
-def _folder_benchmark(checkpoint: Path, text: Path, scratch: Path) -> dict:
-    bench = REPO / "benchmarks" / "bench_embed_folder.py"
+def _sibling_benchmark(script: str, prefix: str, home: Path, *args: str) -> dict:
+    """Run ``benchmarks/<script> --json`` in a fresh process; its JSON line, keys prefixed."""
+    bench = REPO / "benchmarks" / script
     if not bench.is_file():
         return {}
-    env = dict(os.environ, MMKD_HOME=str(scratch / "home_folder"), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, MMKD_HOME=str(home), HF_HUB_OFFLINE="1")
     out = subprocess.run(
-        [sys.executable, str(bench), "--json"], env=env, capture_output=True, text=True, check=False
+        [sys.executable, str(bench), "--json", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     try:
         data = json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"folder_error": out.stderr[-500:]}
-    return {f"folder_{k}": v for k, v in data.items()}
+        return {f"{prefix}_error": out.stderr[-500:]}
+    return {f"{prefix}_{k}": v for k, v in data.items()}
 
 
 def machine() -> str:
@@ -536,6 +546,14 @@ def check_targets(r: dict) -> list[tuple[str, str, bool]]:
                 r["folder_ratio"] >= 20,
             )
         )
+    if "medmnist_ratio" in r:
+        out.append(
+            (
+                "MedMNIST arrays (224 px) ≥ 1.0× the plain loop's throughput",
+                f"{r['medmnist_ratio']:.2f}×",
+                r["medmnist_ratio"] >= 1.0,
+            )
+        )
     return out
 
 
@@ -589,9 +607,18 @@ def table(r: dict, targets: list[tuple[str, str, bool]]) -> str:
                 f"{r['folder_ratio']:.0f}×",
             )
         )
+    if "medmnist_per_s" in r:
+        rows.append(
+            (
+                f"MedMNIST: {r['medmnist_images']} arrays, 224 px (embed_arrays)",
+                f"{r['medmnist_per_s']:.2f} img/s",
+                f"plain loop: {r['medmnist_loop_per_s']:.2f} img/s",
+            )
+        )
     width = max(len(a) for a, _, _ in rows)
     lines = [f"Machine: {r['machine']}", f"Model: {r['model_fp32_mb']:.0f} MB fp32", ""]
     lines += [f"{a:<{width}}  {b:>14}  {c}" for a, b, c in rows]
+    lines += [f"{k}: {v}" for k, v in r.items() if k.endswith("_error")]
     lines += ["", "Targets:"]
     lines += [f"  [{'PASS' if ok else 'FAIL'}] {name}: {value}" for name, value, ok in targets]
     noise = r["machine_noise"]
