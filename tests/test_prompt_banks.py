@@ -427,8 +427,12 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path):
 # -- property: random input validates or raises PromptError, nothing else -----------------
 
 #: Mostly plausible names, sometimes any text (empty, whitespace, control characters).
+#: YAML reads NEL, LS and PS as line breaks, which PyYAML's allow_unicode dump writes raw:
+#: such a name cannot survive the dump/load round trip of this test (not of the loader).
+_YAML_BREAKS = "\x85\u2028\u2029"
 _names = st.one_of(
-    st.from_regex(r"[A-Za-z][A-Za-z '-]{0,10}[a-z]", fullmatch=True), st.text(max_size=12)
+    st.from_regex(r"[A-Za-z][A-Za-z '-]{0,10}[a-z]", fullmatch=True),
+    st.text(st.characters(blacklist_characters=_YAML_BREAKS), max_size=12),
 )
 _filled = st.builds(lambda a, b: f"{a} {{}} {b}", _names, _names)
 _templates = st.lists(
