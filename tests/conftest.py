@@ -49,10 +49,11 @@ def tiny_model(tmp_path_factory):
 
     mp = pytest.MonkeyPatch()
     mp.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("session_home")))
-    try:
-        yield load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
+    try:  # only while loading: a leaked MMKD_HOME would reach the notebooks' kernels
+        model = load_model(TINY_CHECKPOINT, text_encoder=TINY_TEXT, device="cpu")
     finally:
         mp.undo()
+    yield model
 
 
 @pytest.fixture
