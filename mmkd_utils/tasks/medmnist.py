@@ -292,7 +292,7 @@ def split_embeddings(
         rows.update(zip(chunk, vectors, strict=True))
         if folder is not None:
             _write_part(folder, source, chunk, vectors)
-    from_cache = sum(i not in set(missing) for i in indices.tolist())
+    from_cache = len(indices) - int(np.isin(indices, missing).sum())
     return np.stack([rows[i] for i in indices.tolist()]), from_cache
 
 
