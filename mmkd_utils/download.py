@@ -22,15 +22,15 @@ PathLike = str | os.PathLike[str]
 _DRIVE_PAGE = "Drive sent a web page, not the file (its quota is used up, or it asks permission)"
 
 
-def sha256_file(path: PathLike) -> str:
-    """The hex SHA-256 of the file at ``path``.
+def sha256_file(path: PathLike, algorithm: str = "sha256") -> str:
+    """The hex SHA-256 (or another ``hashlib`` ``algorithm``) of the file at ``path``.
 
     Example:
         >>> _ = (tmp / "a.txt").write_bytes(b"abc")
         >>> sha256_file(tmp / "a.txt")[:16]
         'ba7816bf8f01cfea'
     """
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm, usedforsecurity=False)  # FIPS builds then allow MD5
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

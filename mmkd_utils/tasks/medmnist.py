@@ -11,7 +11,6 @@ and split (``<cache>/<fingerprint[:16]>/medmnist/``), so a rerun encodes nothing
 """
 
 import contextlib
-import hashlib
 import os
 import uuid
 import warnings
@@ -31,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from mmkd_utils.config import cache_dir
-from mmkd_utils.download import download_url
+from mmkd_utils.download import download_url, sha256_file
 from mmkd_utils.errors import (
     ArgumentError,
     BankError,
@@ -141,12 +140,8 @@ def medmnist_file(flag: str, size: int = 224, root: str | os.PathLike | None = N
     url, md5 = info[f"url{suffix}"], info[f"MD5{suffix}"]
 
     def same_md5(part: Path) -> None:
-        digest = hashlib.md5(usedforsecurity=False)
-        with open(part, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != md5:
-            raise DownloadError(f"its MD5 is {digest.hexdigest()}, expected {md5}")
+        if (got := sha256_file(part, "md5")) != md5:
+            raise DownloadError(f"its MD5 is {got}, expected {md5}")
 
     try:
         return download_url(url, path, verify=same_md5)
