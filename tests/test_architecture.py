@@ -26,7 +26,15 @@ CAPABILITIES = {
         {"mmkd_utils.tasks.metrics", "mmkd_utils.tasks.medmnist"},
         {"mmkd_utils.plotting": {"plot_benchmark", "plot_few_shot"}},
         900,
-    )
+    ),
+    "scale-out": (
+        {"mmkd_utils.tasks.scale"},
+        {
+            "mmkd_utils.errors": {"ShardMismatchError"},
+            "mmkd_utils.cli": {"_add_scale_commands", "_run_scale"},
+        },
+        450,
+    ),
 }
 MAX_MODEL_CLASS_FILE_LINES = 300
 MAX_EXPORTS = 40
