@@ -145,7 +145,8 @@ class _Embedder:
                     errors[i] = f"{path} could not be fetched ({type(err).__name__}: {err})"
             todo = [i for i in range(len(paths)) if not errors[i]]
             images = [local[i] for i in todo]
-            for part in pipeline.image_batches(images, self.clip.preprocess, num_workers=0):
+            one = {"batch_size": max(1, len(images)), "num_workers": 0}  # a forward pass per block
+            for part in pipeline.image_batches(images, self.clip.preprocess, **one):
                 for pos, err in part.failures:
                     i = todo[pos]
                     errors[i] = str(err).replace(local[i], paths[i])
@@ -207,11 +208,12 @@ def _shards(folder: Path, fingerprint: str | None = None) -> tuple[list[Path], s
 @dataclass
 class EmbedSummary:
     """What :func:`embed_dataset` did: ``images`` in the source, ``done_before`` (already in
-    ``output_dir``), ``embedded`` now, of which ``failed`` unreadable, in ``seconds``.
+    ``output_dir``), ``embedded`` now, of which ``failed`` unreadable, in ``seconds``; the
+    first shard (start-up: cluster, actors, model loads; one batch) after ``first_seconds``.
 
     Example:
-        >>> EmbedSummary(Path("out"), 10, 4, 6, 1, 2.0).images_per_second
-        3.0
+        >>> EmbedSummary(Path("out"), 10, 4, 6, 1, 3.0, 1.0, 2).images_per_second
+        2.0
     """
 
     output_dir: Path
@@ -220,11 +222,14 @@ class EmbedSummary:
     embedded: int
     failed: int
     seconds: float
+    first_seconds: float = float("nan")
+    first_images: int = 0
 
     @property
     def images_per_second(self) -> float:
-        """Images embedded per second by this run (actors' start-up and model load included)."""
-        return self.embedded / self.seconds if self.seconds > 0 else float("nan")
+        """Images per second after the first shard (start-up left out); nan with one shard."""
+        n, t = self.embedded - self.first_images, self.seconds - self.first_seconds
+        return n / t if n > 0 and t > 0 else float("nan")
 
 
 def embed_dataset(
@@ -268,7 +273,7 @@ def embed_dataset(
     for file in files:
         done.update(pq.read_table(file, columns=["path"]).column("path").to_pylist())
     todo = [p for p in paths if p not in done]
-    start, failed = time.perf_counter(), 0
+    start, failed, first = time.perf_counter(), 0, (float("nan"), 0)
     if todo:
         out.mkdir(parents=True, exist_ok=True)
         if not ray.is_initialized():
@@ -279,7 +284,7 @@ def embed_dataset(
             _Embedder,
             fn_constructor_args=(model, checkpoint, text_encoder, "cuda" if num_gpus else "cpu"),
             fn_constructor_kwargs={"fingerprint": clip.fingerprint},
-            batch_size=size,
+            batch_size=None,  # a block (≤ batch_size images) per call: no regrouping
             num_gpus=num_gpus or None,
             compute=ray.data.ActorPoolStrategy(size=actors) if actors else None,
             runtime_env={"env_vars": {k: os.environ[k] for k in PASSED_ON if k in os.environ}},
@@ -293,10 +298,10 @@ def embed_dataset(
                 shard = out / f"part-{run}-{n:06d}.parquet"
                 write_shard(shard, batch["path"], batch["embedding"], errors, clip.fingerprint)
                 failed += sum(map(bool, errors))
+                first = (time.perf_counter() - start, len(errors)) if n == 0 else first
                 bar.update(len(errors))
-    return EmbedSummary(
-        out, len(paths), len(paths) - len(todo), len(todo), failed, time.perf_counter() - start
-    )
+    seconds = time.perf_counter() - start
+    return EmbedSummary(out, len(paths), len(paths) - len(todo), len(todo), failed, seconds, *first)
 
 
 def build_index(output_dir: str | os.PathLike, *, kind: str = "auto") -> dict[str, Any]:
