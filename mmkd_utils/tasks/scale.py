@@ -148,8 +148,7 @@ class _Embedder:
             one = {"batch_size": max(1, len(images)), "num_workers": 0}  # a forward pass per block
             for part in pipeline.image_batches(images, self.clip.preprocess, **one):
                 for pos, err in part.failures:
-                    i = todo[pos]
-                    errors[i] = str(err).replace(local[i], paths[i])
+                    errors[todo[pos]] = str(err).replace(local[todo[pos]], paths[todo[pos]])
                 if part.pixels is not None:
                     rows = [todo[pos] for pos in part.indices]
                     emb[rows] = self.clip.encode_pixels(part.pixels).numpy()
@@ -262,6 +261,8 @@ def embed_dataset(
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, (int, float)) or num_gpus < 0:
         raise ArgumentError(f"num_gpus={num_gpus!r}: pass the GPUs per actor, ≥ 0 (0: CPU).")
     paths, out = source_paths(source), Path(output_dir).expanduser()
+    local = [checkpoint, text_encoder]  # the actors' working folder is not this one
+    checkpoint, text_encoder = (os.path.abspath(p) if p and os.path.exists(p) else p for p in local)
     ray, pq = _need("ray"), _need("pyarrow.parquet")
     clip = load_named(model, checkpoint, text_encoder)
     if not resume:
