@@ -241,8 +241,8 @@ def evaluate_folder(
     kept = sorted(set(range(len(paths))) - {i for i, _, _ in failed})
     probs = (model.logit_scale * feats @ clf.weights.T).softmax(dim=-1).double().numpy()
     y = np.asarray([truth[i] for i in kept])
-    table = {"path": [str(paths[i]) for i in kept], "true": [names[i] for i in y]}
-    table["predicted"] = [names[i] for i in probs.argmax(axis=1)]
+    table = {"path": pd.Series([str(paths[i]) for i in kept], dtype=object)}  # maybe not UTF-8
+    table |= {"true": [names[i] for i in y], "predicted": [names[i] for i in probs.argmax(1)]}
     result = _metrics(y, probs, names, sorted(set(ks)), n_resamples=n_resamples, seed=seed)
     return EvaluationResult(
         names,
