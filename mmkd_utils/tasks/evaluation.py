@@ -17,7 +17,7 @@ from sklearn import metrics
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
 from mmkd_utils.model.classifier import ZeroShotClassifier
 from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES, list_images
-from mmkd_utils.tasks.metrics import bootstrap_ci, classification_metrics
+from mmkd_utils.tasks.metrics import bootstrap_ci, check_resampling, classification_metrics
 
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
@@ -195,7 +195,7 @@ def evaluate_folder(
     ks = list(top_k) if isinstance(top_k, Iterable) else [top_k]
     if not all(type(k) is int and k > 0 for k in ks):
         raise ArgumentError(f"top_k={top_k!r}: pass positive whole numbers, e.g. (1, 5).")
-    bootstrap_ci([0], [[1.0]], n_resamples=n_resamples, seed=seed)  # bad values fail here, early
+    check_resampling(n_resamples, seed)  # bad values fail here, before any image is encoded
     folders, clf = _class_folders(root), task_or_classes
     if not isinstance(clf, ZeroShotClassifier):
         clf = model.classifier(clf, templates)
