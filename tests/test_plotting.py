@@ -159,8 +159,11 @@ def test_figure_renders_itself_as_png_for_jupyter():
 
 
 def test_importing_the_module_does_not_import_pyplot_or_pick_a_backend():
+    """Nor does it need grad-cam (extra ``saliency``): here it cannot be imported at all."""
     code = (
-        "import sys, mmkd_utils.plotting as p\n"
+        "import sys\n"
+        "sys.modules['pytorch_grad_cam'] = None  # as if the saliency extra were not installed\n"
+        "import mmkd_utils, mmkd_utils.tasks.saliency, mmkd_utils.plotting as p\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
         "p.plot_probability_bars([0.2, 0.8], ['a', 'b'])\n"
         "p.plot_predictions([[[0.0]]], [[0.2, 0.8]], ['a', 'b'])\n"
