@@ -527,8 +527,10 @@ def plot_saliency(result, *, alpha: float = 0.5) -> Figure:
     if maps.ndim != 3 or not len(maps) == len(prompts) == len(probs):
         raise ArgumentError("result must be what explain() returns: a map and a probability "
                             "for each prompt.")  # fmt: skip
-    array, style = _pixels(result.image, "result.image")
     (height, width), (left, top, right, bottom) = maps.shape[1:], result.crop_box
+    step = math.ceil(max(height, width) / GALLERY_IMAGE_SIZE)  # every step-th pixel shown
+    array, style = _pixels(np.asarray(result.image)[::step, ::step], "result.image")
+    maps = maps[:, ::step, ::step]
     fig = _Figure(figsize=(3.2 * len(prompts) + 4.0, 3.9), layout="constrained")
     axes = fig.subplots(1, len(prompts) + 1, squeeze=False)[0]
     for k, ax in enumerate(axes):

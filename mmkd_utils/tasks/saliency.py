@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy.ndimage import map_coordinates
 from scipy.stats import spearmanr
 from torchvision.transforms import CenterCrop, Resize
 
@@ -227,6 +226,16 @@ def _attention(cosines, blocks, batch, grid) -> np.ndarray:
     return F.interpolate(cls, size=size, mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
 
 
+def _linear(maps: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """``maps`` linearly interpolated at pixel-centre ``coords`` along ``axis``, edges held."""
+    coords = np.clip(coords - 0.5, 0, maps.shape[axis] - 1).astype(np.float32)
+    low = np.minimum(coords.astype(int), maps.shape[axis] - 2)
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    a, b = np.take(maps, low, axis), np.take(maps, low + 1, axis)
+    return a + (b - a) * (coords - low).reshape(shape)
+
+
 def _on_original(maps: np.ndarray, size: tuple[int, int], preprocess):
     """The crop box and the maps on the original pixels: the preprocessing's resizes and
     centre crops followed exactly (torchvision's arithmetic), then inverted."""
@@ -254,11 +263,9 @@ def _on_original(maps: np.ndarray, size: tuple[int, int], preprocess):
     if (height, width) != maps.shape[1:]:
         raise ArgumentError(f"The preprocessing gives {maps.shape[1:]}, not {(height, width)}.")
     (left, top), (right, bottom) = -offset / scale, (np.array([width, height]) - offset) / scale
-    cols = (np.arange(size[0]) + 0.5) * scale[0] + offset[0]  # original pixel centres ->
+    cols = (np.arange(size[0]) + 0.5) * scale[0] + offset[0]  # original pixel centres in
     rows = (np.arange(size[1]) + 0.5) * scale[1] + offset[1]  # view coordinates
-    grid = np.broadcast_arrays(rows[:, None] - 0.5, cols[None, :] - 0.5)
-    inside = (rows[:, None] >= 0) & (rows[:, None] <= height)
-    inside = inside & (cols[None, :] >= 0) & (cols[None, :] <= width)
-    original = np.stack([map_coordinates(m, grid, order=1, mode="nearest") for m in maps])
-    original[:, ~inside] = np.nan
+    original = _linear(_linear(maps, cols, axis=2), rows, axis=1)
+    original[:, (rows < 0) | (rows > height)] = np.nan
+    original[:, :, (cols < 0) | (cols > width)] = np.nan
     return tuple(float(v) + 0.0 for v in (left, top, right, bottom)), original  # never -0.0
