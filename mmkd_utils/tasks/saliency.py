@@ -85,7 +85,7 @@ def sanity_check(model, image, prompt: str, *, method: str = "gradcam", seed: in
 
     The blocks are randomised from the top: the last, then the last two, ... down to all of
     them (each weight tensor replaced by Gaussian noise of its own mean and standard deviation;
-    the patch embedding and the projection are kept). A table: one row per step, with the
+    the embeddings, ``ln_post`` and the projection are kept). A table: one row per step, with the
     Spearman rank correlation between that step's map and the trained model's (NaN if a map
     is constant) and the map itself (column ``map``, on the preprocessed view).
 
