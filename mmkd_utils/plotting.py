@@ -518,7 +518,8 @@ def plot_saliency(result, *, alpha: float = 0.5) -> Figure:
 
     Example:
         >>> from mmkd_utils.tasks.saliency import explain
-        >>> fig = plot_saliency(explain(clip, xray, ["A chest X-ray.", "A brain MRI."]))
+        >>> result = explain(clip, xray, ["A chest X-ray.", "A brain MRI."], method="attention")
+        >>> fig = plot_saliency(result)
         >>> [ax.get_title().split("\\n")[0] for ax in fig.axes[:3]]
         ['image, 482 × 512 px', 'A chest X-ray.', 'A brain MRI.']
     """
@@ -556,7 +557,7 @@ def plot_sanity_check(table: pd.DataFrame) -> Figure:
 
     Example:
         >>> from mmkd_utils.tasks.saliency import sanity_check
-        >>> fig = plot_sanity_check(sanity_check(clip, xray, "A chest X-ray."))
+        >>> fig = plot_sanity_check(sanity_check(clip, xray, "A chest X-ray.", method="attention"))
         >>> [ax.get_title().split("\\n")[0] for ax in fig.axes[:3]]
         ['none', 'block 2', 'blocks 1–2']
     """
