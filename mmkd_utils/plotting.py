@@ -532,8 +532,8 @@ def plot_saliency(result, *, alpha: float = 0.5) -> Figure:
     step = math.ceil(max(height, width) / GALLERY_IMAGE_SIZE)  # every step-th pixel shown
     array, style = _pixels(np.asarray(result.image)[::step, ::step], "result.image")
     maps = maps[:, ::step, ::step]
-    fig = _Figure(figsize=(3.2 * len(prompts) + 4.0, 3.9), layout="constrained")
-    axes = fig.subplots(1, len(prompts) + 1, squeeze=False)[0]
+    fig = _Figure(figsize=(3.2 * len(prompts) + 4.0, 3.9))  # no layout engine: twice as fast
+    axes = fig.subplots(1, len(prompts) + 1, squeeze=False, gridspec_kw={"wspace": 0.08})[0]
     for k, ax in enumerate(axes):
         ax.imshow(array, extent=(0, width, height, 0), **style)
         ax.set_axis_off()
@@ -544,7 +544,7 @@ def plot_saliency(result, *, alpha: float = 0.5) -> Figure:
                           extent=(0, width, height, 0))  # fmt: skip
         ax.plot([left, right, right, left, left], [top, top, bottom, bottom, top], "--",
                 color="white", linewidth=1)  # fmt: skip
-        ax.set_title(f"{_wrap(prompts[k - 1], 32)}\np = {probs[k - 1]:.3f}", fontsize=9)
+        ax.set_title(f"{_wrap(prompts[k - 1], 30)}\np = {probs[k - 1]:.3f}", fontsize=9)
     fig.colorbar(
         shown, ax=list(axes[1:]), shrink=0.8, label=f"{result.method} saliency, 0–1 per map"
     )
