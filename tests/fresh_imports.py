@@ -15,6 +15,11 @@ import traceback
 
 facts: dict[str, object] = {}
 
+# As if the optional extras were not installed: nothing is meant to import them at import
+# time, and each step below would fail if something did.
+for optional in ("pytorch_grad_cam",):
+    sys.modules[optional] = None  # type: ignore[assignment]
+
 
 def modules(*names: str) -> list[str]:
     """Which of ``names`` are imported now."""
@@ -67,6 +72,13 @@ def _():
     import mmkd_utils.plotting  # noqa: F401
 
     return {"imported": modules("matplotlib.pyplot", "umap")}
+
+
+@step("saliency")
+def _():
+    import mmkd_utils.tasks.saliency  # noqa: F401  (its grad-cam is imported on first use)
+
+    return {"imported": modules("matplotlib.pyplot")}
 
 
 @step("bar_charts")

@@ -26,7 +26,12 @@ CAPABILITIES = {
         {"mmkd_utils.tasks.metrics", "mmkd_utils.tasks.medmnist"},
         {"mmkd_utils.plotting": {"plot_benchmark", "plot_few_shot"}},
         900,
-    )
+    ),
+    "saliency": (
+        {"mmkd_utils.tasks.saliency"},
+        {"mmkd_utils.plotting": {"plot_saliency", "plot_sanity_check"}},
+        400,
+    ),
 }
 MAX_MODEL_CLASS_FILE_LINES = 300
 MAX_EXPORTS = 40

@@ -159,6 +159,8 @@ def test_figure_renders_itself_as_png_for_jupyter():
 def test_importing_the_module_does_not_import_pyplot_or_pick_a_backend(fresh_imports):
     assert fresh_fact(fresh_imports, "plotting")["imported"] == []
     assert fresh_fact(fresh_imports, "bar_charts")["imported"] == []  # nor do the calls
+    # Nor does it need grad-cam (extra saliency): there it cannot be imported at all.
+    assert fresh_fact(fresh_imports, "saliency")["imported"] == []
 
 
 @pytest.mark.parametrize(
