@@ -509,3 +509,74 @@ def plot_gallery(results, *, k=None, images_per_row=None, title_column="query") 
             label = "" if pd.isna(label) else "\n" + textwrap.shorten(str(label), 40)
             ax.set_title(f"#{row['rank']:g} · {row['score']:.3f}{label}", fontsize=9)
     return fig
+
+
+def plot_saliency(result, *, alpha: float = 0.5) -> Figure:
+    """An :func:`~mmkd_utils.tasks.saliency.explain` result on one figure: the image, then
+    each prompt's map over it (0–1 per map; clear where the preprocessing cut the image
+    away; dashed: the crop the model sees), the prompt's zero-shot probability in its title.
+
+    Example:
+        >>> from mmkd_utils.tasks.saliency import explain
+        >>> result = explain(clip, xray, ["A chest X-ray.", "A brain MRI."], method="attention")
+        >>> fig = plot_saliency(result)
+        >>> [ax.get_title().split("\\n")[0] for ax in fig.axes[:3]]
+        ['image, 482 × 512 px', 'A chest X-ray.', 'A brain MRI.']
+    """
+    maps, prompts = np.asarray(result.original_maps, dtype=float), list(result.prompts)
+    probs = np.asarray(result.probabilities, dtype=float)
+    if maps.ndim != 3 or not len(maps) == len(prompts) == len(probs):
+        raise ArgumentError("result must be what explain() returns: a map and a probability "
+                            "for each prompt.")  # fmt: skip
+    (height, width), (left, top, right, bottom) = maps.shape[1:], result.crop_box
+    step = math.ceil(max(height, width) / GALLERY_IMAGE_SIZE)  # every step-th pixel shown
+    array, style = _pixels(np.asarray(result.image)[::step, ::step], "result.image")
+    maps = maps[:, ::step, ::step]
+    fig = _Figure(figsize=(3.2 * len(prompts) + 4.0, 3.9))  # no layout engine: twice as fast
+    axes = fig.subplots(1, len(prompts) + 1, squeeze=False, gridspec_kw={"wspace": 0.08})[0]
+    for k, ax in enumerate(axes):
+        ax.imshow(array, extent=(0, width, height, 0), **style)
+        ax.set_axis_off()
+        if k == 0:
+            ax.set_title(f"image, {width} × {height} px", fontsize=9)
+            continue
+        shown = ax.imshow(maps[k - 1], cmap="inferno", vmin=0, vmax=1, alpha=alpha,
+                          extent=(0, width, height, 0))  # fmt: skip
+        ax.plot([left, right, right, left, left], [top, top, bottom, bottom, top], "--",
+                color="white", linewidth=1)  # fmt: skip
+        ax.set_title(f"{_wrap(prompts[k - 1], 30)}\np = {probs[k - 1]:.3f}", fontsize=9)
+    fig.colorbar(
+        shown, ax=list(axes[1:]), shrink=0.8, label=f"{result.method} saliency, 0–1 per map"
+    )
+    return fig
+
+
+def plot_sanity_check(table: pd.DataFrame) -> Figure:
+    """A :func:`~mmkd_utils.tasks.saliency.sanity_check` table: each step's map, titled by what
+    was randomised and its Spearman ρ with the trained model's map; below, ρ per step.
+
+    Example:
+        >>> from mmkd_utils.tasks.saliency import sanity_check
+        >>> fig = plot_sanity_check(sanity_check(clip, xray, "A chest X-ray.", method="attention"))
+        >>> [ax.get_title().split("\\n")[0] for ax in fig.axes[:3]]
+        ['none', 'block 2', 'blocks 1–2']
+    """
+    need = {"blocks_randomised", "randomised", "spearman", "map"}
+    if not isinstance(table, pd.DataFrame) or need - set(table) or table.empty:
+        raise ArgumentError(f"table must be the DataFrame of sanity_check(), columns {need}.")
+    cols = min(len(table), 7)
+    rows = math.ceil(len(table) / cols)
+    fig = _Figure(figsize=(max(6.0, 1.9 * cols), 2.1 * rows + 2.8), layout="constrained")
+    maps, curve = fig.subfigures(2, 1, height_ratios=[2.1 * rows, 2.8])
+    for k, (_, row) in enumerate(table.iterrows()):
+        ax = maps.add_subplot(rows, cols, k + 1)
+        ax.imshow(row["map"], cmap="inferno", vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(f"{row['randomised']}\nρ = {row['spearman']:.2f}", fontsize=8)
+    ax = curve.add_subplot()
+    ax.plot(table["blocks_randomised"], table["spearman"], "o-")
+    ax.axhline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(table["blocks_randomised"])
+    ax.set(xlabel="blocks randomised, from the top", ylabel="Spearman ρ with the trained map")
+    ax.set(ylim=(-1.05, 1.05), title="Cascading randomisation (Adebayo et al. 2018)")
+    return fig

@@ -7,12 +7,19 @@ raises fails the test. A cell marked ``# NBVAL_CHECK_OUTPUT`` (or tagged
 ``mmkd_expected_output``: only weight-independent output (file names, counts, labels) is
 checked. The notebooks are committed without outputs; after a deliberate change,
 ``python tools/update_expected_outputs.py`` refreshes that metadata.
+
+The selected notebooks run two at a time (``MMKD_NOTEBOOK_JOBS``, default 2), each test
+waiting for its own: much of a notebook's time is its kernel starting and importing
+torch, single-threaded work that the second core can do beside another notebook's cells.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -26,6 +33,7 @@ NOTEBOOK_PATHS = sorted(  # hidden folders such as .ipynb_checkpoints are skippe
 )
 EXPECTED_KEY = "mmkd_expected_output"
 CELL_TIMEOUT = 600  # seconds
+JOBS = int(os.environ.get("MMKD_NOTEBOOK_JOBS", "2"))
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -83,11 +91,26 @@ def run_notebook(path: Path) -> list[tuple[int, nbformat.NotebookNode, str]]:
     return results
 
 
+@pytest.fixture(scope="session")
+def notebook_runs(request: pytest.FixtureRequest) -> Iterator[dict[Path, Future]]:
+    """Every selected notebook, started in test order on ``JOBS`` threads: path -> its run."""
+    test = test_notebook_runs_and_prints_the_expected_output.__name__
+    items = [i for i in request.session.items if getattr(i, "originalname", "") == test]
+    pool = ThreadPoolExecutor(max_workers=max(1, JOBS), thread_name_prefix="notebook")
+    try:
+        yield {
+            i.callspec.params["path"]: pool.submit(run_notebook, i.callspec.params["path"])
+            for i in items
+        }
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a stopped session runs no more
+
+
 @pytest.mark.parametrize(
     "path", NOTEBOOK_PATHS, ids=[p.relative_to(NOTEBOOKS).as_posix() for p in NOTEBOOK_PATHS]
 )
-def test_notebook_runs_and_prints_the_expected_output(path: Path) -> None:
-    for index, cell, stdout in run_notebook(path):
+def test_notebook_runs_and_prints_the_expected_output(path: Path, notebook_runs) -> None:
+    for index, cell, stdout in notebook_runs[path].result():
         if is_checked(cell):
             expected = cell.metadata.get(EXPECTED_KEY)
             assert stdout == expected, f"{path.name} cell {index}:\n{cell.source}"

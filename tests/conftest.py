@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
@@ -33,6 +37,15 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MMKD_HOME", str(tmp_path_factory.mktemp("mmkd_home")))
+
+
+@pytest.fixture(scope="session")
+def fresh_imports() -> dict:
+    """Facts about importing mmkd_utils in a fresh interpreter (tests/fresh_imports.py)."""
+    script = Path(__file__).with_name("fresh_imports.py")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

@@ -290,3 +290,10 @@ def write_medmnist(
     path = root / f"{flag}{'' if size == 28 else f'_{size}'}.npz"
     np.savez_compressed(path, **arrays)
     return path
+
+
+def fresh_fact(facts: dict, step: str) -> dict:
+    """One step's facts; a step that raised fails the test that reads it, with its traceback."""
+    fact = facts[step]
+    assert "error" not in fact, fact.get("error")
+    return fact

@@ -35,6 +35,11 @@ CAPABILITIES = {
         },
         450,
     ),
+    "saliency": (
+        {"mmkd_utils.tasks.saliency"},
+        {"mmkd_utils.plotting": {"plot_saliency", "plot_sanity_check"}},
+        400,
+    ),
 }
 MAX_MODEL_CLASS_FILE_LINES = 300
 MAX_EXPORTS = 40

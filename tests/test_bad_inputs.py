@@ -28,9 +28,11 @@ from mmkd_utils import (
     MMKDError,
     PromptError,
     SkippedImagesWarning,
+    compare_models,
     embed_folder,
     evaluate_folder,
     load_image,
+    search,
     to_rgb,
 )
 from mmkd_utils.errors import printable
@@ -355,6 +357,18 @@ def test_file_names_that_are_not_utf8(tmp_path, tiny_model):
     with pytest.warns(SkippedImagesWarning):
         result = embed_folder(tiny_model, tmp_path, num_workers=0, on_error="skip")
     assert result.paths == [good]
+    # Tables keep such names as they are (pandas' pyarrow strings would refuse them).
+    assert result.skipped["path"].tolist() == [str(bad)]
+    assert result.to_frame()["path"].tolist() == [str(good)]
+    assert search("a scan", result, k=1, model=tiny_model)["path"].tolist() == [str(good)]
+    assert compare_models([tiny_model], [good], ["a", "b"])["image"].tolist() == [good.name] * 2
+    for name in ("ct", "mri"):
+        (tmp_path / "classes" / name).mkdir(parents=True)
+        os.link(good, tmp_path / "classes" / name / good.name)
+    found = evaluate_folder(tiny_model, tmp_path / "classes", ["CT", "MRI"], n_resamples=10)
+    assert sorted(found.predictions["path"]) == sorted(
+        str(p) for p in (tmp_path / "classes").rglob("*.png")
+    )
 
 
 def test_very_long_file_names(tmp_path, tiny_model):

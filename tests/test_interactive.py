@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from support import fresh_fact
 
 from mmkd_utils.demo import DEMO_PROMPTS
 from mmkd_utils.errors import DownloadError, ImageLoadError, MMKDError, PromptError
@@ -577,13 +578,6 @@ def test_demo_reports_unexpected_errors(demo):
     assert demo.last_message == "Unexpected error (RuntimeError): boom"
 
 
-def test_importing_the_module_stays_light():
-    import subprocess
-    import sys
-
-    code = (  # ipywidgets is optional; pyplot would pick a backend
-        "import sys, mmkd_utils.widgets; "
-        "print(sorted(m for m in ('ipywidgets', 'matplotlib.pyplot') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+def test_importing_the_module_stays_light(fresh_imports):
+    # ipywidgets is optional; pyplot would pick a backend
+    assert fresh_fact(fresh_imports, "widgets")["imported"] == []

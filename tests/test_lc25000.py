@@ -128,11 +128,15 @@ def test_n_resamples_and_seed_reach_the_bootstrap(tiny_model, tmp_path):
     assert result.ci != bootstrap_ci(y, probs, "multi-class", n_resamples=50, seed=8)
 
 
-@pytest.mark.parametrize("n_resamples", [0, 9, 100.0, "1000", None])
-def test_bad_n_resamples_fails_before_any_image_is_encoded(
-    tiny_model, tmp_path, monkeypatch, n_resamples
+@pytest.mark.parametrize(
+    "bad",
+    [{"n_resamples": n} for n in (0, 9, 100.0, "1000", None)]
+    + [{"seed": s} for s in (-1, 1.5, "7", None)],
+)
+def test_bad_n_resamples_or_seed_fails_before_any_image_is_encoded(
+    tiny_model, tmp_path, monkeypatch, bad
 ):
     monkeypatch.setattr(tiny_model, "encode_images", lambda *a, **k: pytest.fail("encoded"))
-    with pytest.raises(MMKDError, match="n_resamples") as info:
-        evaluate(tiny_model, tmp_path, "colon", n_resamples=n_resamples)
+    with pytest.raises(MMKDError, match=next(iter(bad))) as info:
+        evaluate(tiny_model, tmp_path, "colon", **bad)
     assert isinstance(info.value, ValueError)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import types
 
@@ -15,6 +14,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox
 from PIL import Image
+from support import fresh_fact
 
 from mmkd_utils import plotting
 from mmkd_utils.errors import ImageLoadError, MissingDependencyError, MMKDError, PromptError
@@ -552,19 +552,8 @@ def test_plotting_still_offers_embed_2d():
     assert plotting.embed_2d is embed_2d  # notebook 04 imports it from plotting
 
 
-def test_new_plots_do_not_import_pyplot_or_umap():
-    code = (
-        "import sys, numpy as np, pandas as pd, mmkd_utils.plotting as p\n"
-        "x = np.random.default_rng(0).normal(size=(6, 4))\n"
-        "p.plot_embedding_map(x, list('aabbcc'), thumbnails=[np.zeros((4, 4))] * 6)\n"
-        "p.plot_similarity_heatmap(x, x[:2], list('abcdef'), ['u', 'v'])\n"
-        "p.plot_gallery(pd.DataFrame({'query': ['q'], 'rank': [1], 'path': [np.zeros((4, 4))],"
-        " 'score': [0.5]}))\n"
-        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
-        "assert 'umap' not in sys.modules, 'umap imported'\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+def test_new_plots_do_not_import_pyplot_or_umap(fresh_imports):
+    assert fresh_fact(fresh_imports, "maps")["imported"] == []
 
 
 # --------------------------------------------------------------------------- probe curve

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.resources
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import TINY
+from support import TINY, fresh_fact
 
 from mmkd_utils import PromptError
 from mmkd_utils.prompts import (
@@ -202,14 +200,9 @@ def test_modality_task_has_one_class_per_modality():
     assert "chest radiograph" in task.synonyms["chest X-ray"]
 
 
-def test_banks_are_cached_and_not_read_at_import():
-    code = (
-        "import mmkd_utils.model.classifier, mmkd_utils.prompts as p\n"
-        "assert p.banks._builtin_banks.cache_info().currsize == 0\n"
-        "p.list_tasks()\n"
-        "assert p.banks._builtin_banks.cache_info().currsize == 1\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+def test_banks_are_cached_and_not_read_at_import(fresh_imports):
+    assert fresh_fact(fresh_imports, "prompts")["banks_read_at_import"] == 0
+    assert fresh_fact(fresh_imports, "banks") == {"before_use": 0, "after_use": 1}
     assert banks_module._builtin_banks() is banks_module._builtin_banks()
 
 

@@ -9,7 +9,7 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
-from support import TINY, TINY_CHECKPOINT, TINY_TEXT
+from support import TINY, TINY_CHECKPOINT, TINY_TEXT, fresh_fact
 
 import mmkd_utils
 from mmkd_utils import load_model
@@ -136,19 +136,10 @@ def test_outputs_are_ordinary_tensors(tiny_model):
     assert not img.is_inference()
 
 
-def test_package_import_has_no_side_effects():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, torch; before = torch.get_default_dtype(), torch.get_num_threads();"
-        "import mmkd_utils, mmkd_utils.plotting;"
-        "assert (torch.get_default_dtype(), torch.get_num_threads()) == before;"
-        "assert 'matplotlib.pyplot' not in sys.modules; print('ok')"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+def test_package_import_has_no_side_effects(fresh_imports):
+    fact = fresh_fact(fresh_imports, "package")
+    assert fact == {"torch_settings_changed": False, "imported": []}
+    assert fresh_fact(fresh_imports, "plotting")["imported"] == []
     assert mmkd_utils.__version__
 
 

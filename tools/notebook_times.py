@@ -1,7 +1,7 @@
 """How long a learner needs for each notebook: a stated model, printed and written into the docs.
 
 A learner reads every cell, runs it, looks at what it shows and does one exercise. For each
-main notebook (``notebooks/0*.ipynb``) the estimate is a range, from a quicker to a slower
+main notebook (``notebooks/NN_*.ipynb``) the estimate is a range, from a quicker to a slower
 learner, made of four parts:
 
 * **prose**: the words of the markdown cells (link targets, images and code blocks left
@@ -126,7 +126,7 @@ def rounded_range(low: float, high: float) -> tuple[int, int]:
 
 
 def main_notebooks() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("0*.ipynb"))
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
 def count(notebook: nbformat.NotebookNode) -> Counts:

@@ -93,7 +93,8 @@ def compare_models(models, images, prompts, *, templates=None, image_names=None)
         labels = list(target.class_names) if task else labels
         probs[name] = model.zero_shot(rgb, target).detach().cpu().double().numpy()
 
-    table = pd.DataFrame({"image": np.repeat(names, len(labels)), "prompt": labels * len(names)})
+    image = pd.Series(np.repeat(names, len(labels)), dtype=object)  # paths: maybe not UTF-8
+    table = pd.DataFrame({"image": image, "prompt": labels * len(names)})
     for name, p in probs.items():
         table[PROB_PREFIX + name] = p.reshape(-1)
     for name, p in probs.items():

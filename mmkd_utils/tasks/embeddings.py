@@ -247,9 +247,9 @@ def embed_folder(
         raise ImageLoadError(
             f"None of the {len(paths)} images under {root} can be read; check them:\n{lines}"
         )
+    listed = [(i, str(path), reason) for i, path, reason in failed]
     if failed:
         head = f"Skipped {len(failed)} of {len(paths)} unreadable images; result.skipped has all"
-        listed = [(i, str(path), reason) for i, path, reason in failed]
         warnings.warn(SkippedImagesWarning(f"{head}:\n{lines}", listed), stacklevel=2)
     kept = [paths[i] for i in sorted(rows)]
     return FolderEmbeddings(
@@ -257,6 +257,6 @@ def embed_folder(
         paths=kept,
         labels=[p.relative_to(root).parts[0] if p.parent != root else None for p in kept],
         embeddings=torch.from_numpy(np.stack([rows[i] for i in sorted(rows)])),
-        skipped=pd.DataFrame([(str(p), r) for _, p, r in failed], columns=["path", "reason"]),
+        skipped=pd.DataFrame([r[1:] for r in listed], columns=["path", "reason"], dtype=object),
         from_cache=from_cache,
     )

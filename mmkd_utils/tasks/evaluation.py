@@ -17,7 +17,7 @@ from sklearn import metrics
 from mmkd_utils.errors import ArgumentError, EvaluationError, PromptError, SkippedImagesWarning
 from mmkd_utils.model.classifier import ZeroShotClassifier
 from mmkd_utils.tasks.embeddings import IMAGE_SUFFIXES, list_images
-from mmkd_utils.tasks.metrics import bootstrap_ci, classification_metrics
+from mmkd_utils.tasks.metrics import bootstrap_ci, check_resampling, classification_metrics
 
 #: Columns of :attr:`EvaluationResult.predictions` besides one probability per class.
 PREDICTION_COLUMNS = ("path", "true", "predicted")
@@ -195,7 +195,7 @@ def evaluate_folder(
     ks = list(top_k) if isinstance(top_k, Iterable) else [top_k]
     if not all(type(k) is int and k > 0 for k in ks):
         raise ArgumentError(f"top_k={top_k!r}: pass positive whole numbers, e.g. (1, 5).")
-    bootstrap_ci([0], [[1.0]], n_resamples=n_resamples, seed=seed)  # bad values fail here, early
+    check_resampling(n_resamples, seed)  # bad values fail here, before any image is encoded
     folders, clf = _class_folders(root), task_or_classes
     if not isinstance(clf, ZeroShotClassifier):
         clf = model.classifier(clf, templates)
@@ -241,8 +241,8 @@ def evaluate_folder(
     kept = sorted(set(range(len(paths))) - {i for i, _, _ in failed})
     probs = (model.logit_scale * feats @ clf.weights.T).softmax(dim=-1).double().numpy()
     y = np.asarray([truth[i] for i in kept])
-    table = {"path": [str(paths[i]) for i in kept], "true": [names[i] for i in y]}
-    table["predicted"] = [names[i] for i in probs.argmax(axis=1)]
+    table = {"path": pd.Series([str(paths[i]) for i in kept], dtype=object)}  # maybe not UTF-8
+    table |= {"true": [names[i] for i in y], "predicted": [names[i] for i in probs.argmax(1)]}
     result = _metrics(y, probs, names, sorted(set(ks)), n_resamples=n_resamples, seed=seed)
     return EvaluationResult(
         names,

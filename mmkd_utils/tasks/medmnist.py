@@ -447,10 +447,10 @@ def few_shot_medmnist(
     """
     _check(flag, "train", size)
     bad = [k for k in shots if k != "all" and (type(k) is not int or k < 1)]
-    if bad or not list(shots) or not list(seeds) or any(type(s) is not int for s in seeds):
+    if bad or not list(shots) or not list(seeds) or any(type(s) is not int or s < 0 for s in seeds):
         raise ArgumentError(
             f"shots={shots!r}, seeds={seeds!r}: pass whole numbers ≥ 1 or 'all' "
-            "as shots and whole numbers as seeds, e.g. shots=(1, 4), seeds=(0, 1)."
+            "as shots and whole numbers ≥ 0 as seeds, e.g. shots=(1, 4), seeds=(0, 1)."
         )
     if not list(Cs) or not all(isinstance(c, (int, float)) and c > 0 for c in Cs):
         raise ArgumentError(f"Cs={Cs!r}: pass positive numbers, e.g. np.logspace(-3, 3, 7).")

@@ -10,6 +10,9 @@ labels). ``balanced_acc`` is the mean recall of the classes present; ``macro_f1`
 ``zero_division=0``); for multi-label they are the positive class's, averaged over labels.
 """
 
+import numbers
+from typing import Any
+
 import numpy as np
 
 from mmkd_utils.errors import ArgumentError
@@ -142,6 +145,22 @@ def strata(labels, task: str) -> np.ndarray:
     return np.where(y.any(axis=1), y.argmax(axis=1) + 1, 0)
 
 
+def check_resampling(n_resamples: Any = 1000, seed: Any = 0) -> None:
+    """Refuse ``n_resamples`` below 10 and a ``seed`` that is not a whole number ≥ 0.
+
+    Example:
+        >>> check_resampling(1000, seed=-1)
+        Traceback (most recent call last):
+        ...
+        mmkd_utils.errors.ArgumentError: seed=-1: pass a whole number ≥ 0, e.g. 0.
+    """
+    if type(n_resamples) is not int or n_resamples < 10:
+        raise ArgumentError(f"n_resamples={n_resamples!r}: pass a whole number ≥ 10, e.g. 1000.")
+    whole = isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0
+    if not (whole or isinstance(seed, np.random.SeedSequence)):
+        raise ArgumentError(f"seed={seed!r}: pass a whole number ≥ 0, e.g. 0.")
+
+
 def stratified_sample(groups, per_group: int | None, seed: int = 0) -> np.ndarray:
     """Sorted indices of at most ``per_group`` images of every group, drawn without replacement.
 
@@ -150,6 +169,7 @@ def stratified_sample(groups, per_group: int | None, seed: int = 0) -> np.ndarra
         [1, 2, 3, 4, 5]
     """
     g = np.asarray(groups).reshape(-1)
+    check_resampling(seed=seed)
     if per_group is None:
         return np.arange(len(g))
     if type(per_group) is not int or per_group < 1:
@@ -202,8 +222,7 @@ def bootstrap_ci(
         >>> bootstrap_ci(y, np.eye(2)[y] * 0.8 + 0.1, versus=np.full((40, 2), 0.5))["auc"]
         (0.5, 0.5)
     """
-    if type(n_resamples) is not int or n_resamples < 10:
-        raise ArgumentError(f"n_resamples={n_resamples!r}: pass a whole number ≥ 10, e.g. 1000.")
+    check_resampling(n_resamples, seed)
     if not 0 < level < 1:
         raise ArgumentError(f"level={level!r}: pass a fraction between 0 and 1, e.g. 0.95.")
     y, s = check_inputs(labels, scores, task)

@@ -139,9 +139,9 @@ def search(
     scores, ids = (t[:, :k].flatten() for t in sims.sort(dim=1, descending=True, stable=True))
     return pd.DataFrame(
         {
-            "query": [name for name in query_names for _ in range(k)],
+            "query": pd.Series([name for name in query_names for _ in range(k)], dtype=object),
             "rank": np.tile(np.arange(1, k + 1), len(query_names)),
-            "path": [names[i] for i in ids.tolist()],
+            "path": pd.Series([names[i] for i in ids.tolist()], dtype=object),
             "score": scores.double().numpy(),
             **({"label": [labels[i] for i in ids.tolist()]} if labels else {}),
         }

@@ -1,0 +1,195 @@
+"""Saliency maps (:mod:`mmkd_utils.tasks.saliency`) and their plots, on the tiny model."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from types import SimpleNamespace
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from mmkd_utils.errors import ArgumentError, MissingDependencyError, PromptError
+from mmkd_utils.images import load_image
+from mmkd_utils.plotting import plot_saliency, plot_sanity_check
+from mmkd_utils.samples import sample_images
+from mmkd_utils.tasks.saliency import explain, sanity_check
+
+matplotlib.use("Agg")
+METHODS = ["gradcam", "attention"]
+PROMPTS = ["A chest X-ray.", "A brain MRI scan."]
+
+
+def wide_image() -> Image.Image:
+    """200 × 112 px: the preprocessing doubles it to 400 × 224 and keeps columns 88-312,
+    i.e. original columns 44-156. A bright patch at the left edge falls outside the crop."""
+    pixels = np.full((112, 200, 3), 60, np.uint8)
+    pixels[40:70, 5:35] = 250
+    pixels[30:60, 90:120] = 200
+    return Image.fromarray(pixels)
+
+
+def hooks(model) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_have_both_resolutions_and_the_crop_maps_back_exactly(tiny_model, method):
+    result = explain(tiny_model, wide_image(), PROMPTS, method=method)
+
+    assert result.maps.shape == (2, 224, 224)
+    assert result.original_maps.shape == (2, 112, 200)
+    assert result.crop_box == (44.0, 0.0, 156.0, 112.0)
+    assert np.isfinite(result.maps).all() and result.maps.min() >= 0 and result.maps.max() <= 1
+    inside = result.original_maps[:, :, 44:156]
+    assert np.isfinite(inside).all()
+    assert np.isnan(result.original_maps[:, :, :44]).all()
+    assert np.isnan(result.original_maps[:, :, 156:]).all()
+    # each original pixel covers 2 × 2 view pixels; bilinear at its centre is their mean
+    means = result.maps.reshape(2, 112, 2, 112, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(inside, means, atol=1e-6)
+
+
+def test_probabilities_are_the_models_zero_shot_and_prompts_are_kept(tiny_model):
+    result = explain(tiny_model, wide_image(), PROMPTS, method="attention")
+
+    expected = tiny_model.zero_shot(wide_image(), PROMPTS)[0].numpy()
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
+    assert result.prompts == tuple(PROMPTS)
+    assert result.image.size == (200, 112) and result.method == "attention"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_map_of_a_prompt_depends_on_the_prompt(tiny_model, xray_pixels, method):
+    maps = explain(tiny_model, xray_pixels, PROMPTS, method=method).maps
+    again = explain(tiny_model, xray_pixels, PROMPTS[::-1], method=method).maps
+
+    assert np.abs(maps[0] - maps[1]).max() > 1e-3
+    np.testing.assert_allclose(again[::-1], maps, atol=1e-5)  # each map its own prompt's
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_randomising_the_blocks_changes_the_map(tiny_model, xray_pixels, method):
+    before = {k: v.clone() for k, v in tiny_model.model.state_dict().items()}
+    table = sanity_check(tiny_model, xray_pixels, PROMPTS[0], method=method)
+
+    assert list(table["blocks_randomised"]) == [0, 1, 2]
+    assert table["spearman"].iloc[0] == 1.0
+    trained = explain(tiny_model, xray_pixels, PROMPTS[:1], method=method).maps[0]
+    np.testing.assert_allclose(table["map"].iloc[0], trained, atol=1e-5)
+    for randomised in table["map"].iloc[1:]:
+        assert np.abs(randomised - trained).max() > 0.1
+    assert (table["spearman"].iloc[1:] < 0.95).all()
+    after = tiny_model.model.state_dict()  # a copy was randomised, not the user's model
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_model_is_left_as_it_was_even_when_the_call_fails(tiny_model, xray_pixels, method):
+    model, blocks = tiny_model.model, tiny_model.model.visual.transformer.resblocks
+    weight = model.visual.conv1.weight
+    marker = torch.ones_like(weight)
+    weight.grad = marker  # a gradient of the user's own, which must survive
+    model.visual.ln_post.requires_grad_(False)
+    activations = []  # weak references: the activations must be freed after the call
+
+    def remember(module, args, output):
+        activations.append(weakref.ref(output))
+
+    def fail(module, args, output):
+        raise RuntimeError("stop")
+
+    try:
+        for fails in (False, True):
+            mine = [b.register_forward_hook(remember) for b in blocks]
+            mine += [blocks[-1].register_forward_hook(fail)] if fails else []
+            try:
+                explain(tiny_model, xray_pixels, PROMPTS, method=method)
+            except RuntimeError as err:
+                assert fails and str(err) == "stop"
+            for handle in mine:
+                handle.remove()
+            gc.collect()
+            assert hooks(model) == 0
+            assert len(activations) == len(blocks) * (1 if fails else 2)  # + zero_shot's
+            assert all(ref() is None for ref in activations), "activations kept alive"
+            activations.clear()
+            assert weight.grad is marker
+            assert not any(m.training for m in model.modules())
+            assert not model.visual.ln_post.weight.requires_grad and weight.requires_grad
+            assert all(p.grad is None for p in model.parameters() if p is not weight)
+    finally:
+        weight.grad = None
+        model.visual.ln_post.requires_grad_(True)
+
+
+def test_bad_inputs_raise_clear_errors(tiny_model, xray_pixels, monkeypatch):
+    with pytest.raises(ArgumentError, match="method must be 'gradcam' or 'attention'"):
+        explain(tiny_model, xray_pixels, PROMPTS, method="lrp")
+    with pytest.raises(PromptError, match="empty"):
+        explain(tiny_model, xray_pixels, [])
+    with pytest.raises(PromptError, match="prompt"):
+        sanity_check(tiny_model, xray_pixels, "  ")
+    timm_like = SimpleNamespace(model=SimpleNamespace(visual=torch.nn.Linear(2, 2)))
+    with pytest.raises(ArgumentError, match="VisionTransformer.*Linear"):
+        explain(timm_like, xray_pixels, PROMPTS)
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # not installed
+    with pytest.raises(MissingDependencyError, match=r'pip install "mmkd-utils\[saliency\]"'):
+        explain(tiny_model, xray_pixels, PROMPTS, method="gradcam")
+    assert hooks(tiny_model.model) == 0
+    # Importing the package and its plots without grad-cam: tests/test_plotting.py (its
+    # subprocess blocks pytorch_grad_cam).
+
+
+def _nifti(tmp_path):
+    volume = np.zeros((40, 48, 9), np.int16)
+    volume[10:30, 12:40, :] = 800
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 4.0, 1.0])), path)
+    return path
+
+
+@pytest.mark.parametrize("source", ["png", "dicom", "nifti"])
+def test_plot_saliency_for_grayscale_dicom_and_nifti(tiny_model, tmp_path, source):
+    path = {
+        "png": lambda: tmp_path / "gray.png",
+        "dicom": lambda: get_testdata_file("CT_small.dcm"),
+        "nifti": lambda: _nifti(tmp_path),
+    }[source]()
+    if source == "png":
+        Image.fromarray(np.arange(120 * 90, dtype=np.uint8).reshape(90, 120), "L").save(path)
+    image = load_image(path)
+    result = explain(tiny_model, image, PROMPTS, method="attention")
+    fig = plot_saliency(result)
+
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert titles[0] == f"image, {image.width} × {image.height} px"
+    for title, prompt, p in zip(titles[1:], PROMPTS, result.probabilities, strict=True):
+        assert title == f"{prompt}\np = {p:.3f}"
+    shown = fig.axes[1].get_images()[1].get_array()  # the map over the image
+    assert shown.shape == (image.height, image.width)
+
+
+def test_plot_sanity_check_and_its_bad_input(tiny_model, xray_pixels):
+    table = sanity_check(tiny_model, xray_pixels, PROMPTS[0], method="attention")
+    fig = plot_sanity_check(table)
+
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes[:3]] == list(table["randomised"])
+    np.testing.assert_allclose(fig.axes[-1].lines[0].get_ydata(), table["spearman"])
+    with pytest.raises(ArgumentError, match="sanity_check"):
+        plot_sanity_check(table.drop(columns="map"))
+
+
+@pytest.fixture(scope="module")
+def xray_pixels():
+    """The sample chest X-ray, decoded once (an RGB PIL image)."""
+    return load_image(sample_images("X-ray")[0])
