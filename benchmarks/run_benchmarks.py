@@ -27,6 +27,8 @@ machine affects much less than a ratio of two medians):
 * MedMNIST arrays: ``embed_arrays`` on 64 decoded 224-pixel PathMNIST-like arrays vs the
   plain loop over them (``PIL.Image.fromarray``, the model's preprocess, ``encode_image`` in
   batches of 32): preprocessing and encoding only (``benchmarks/bench_medmnist.py``).
+* scale-out: ``embed_dataset`` on a local Ray cluster with 1 and 2 actors vs ``embed_folder``
+  on the same 96 files, whole runs and after the first shard (``benchmarks/bench_scale.py``).
 
 Text encoder: BiomedBERT-base's architecture from its public config values, with a
 stand-in WordPiece vocabulary made of the demo prompts' words (the real tokenizer cannot be
@@ -443,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     medmnist_args = ["--checkpoint", str(checkpoint), "--text-encoder", str(text)]
     medmnist_args += ["--images", "64", "--reps", str(args.image_reps)]
     results.update(_sibling_benchmark("bench_medmnist.py", "medmnist", home, *medmnist_args))
+    scale_args = ["--checkpoint", str(checkpoint), "--text-encoder", str(text)]
+    results.update(_sibling_benchmark("bench_scale.py", "scale", home, *scale_args))
     results["total_s"] = time.perf_counter() - started
     results["machine"] = machine()
 
@@ -613,6 +617,16 @@ def table(r: dict, targets: list[tuple[str, str, bool]]) -> str:
                 f"MedMNIST: {r['medmnist_images']} arrays, 224 px (embed_arrays)",
                 f"{r['medmnist_per_s']:.2f} img/s",
                 f"plain loop: {r['medmnist_loop_per_s']:.2f} img/s",
+            )
+        )
+    if "scale_ray_1_per_s" in r:
+        rows.append(
+            (
+                f"Ray Data: {r['scale_images']} images, 1 | 2 actors",
+                f"{r['scale_ray_1_per_s']:.2f} | {r['scale_ray_2_per_s']:.2f} img/s",
+                f"after the first shard {r['scale_ray_1_steady_per_s']:.2f} | "
+                f"{r['scale_ray_2_steady_per_s']:.2f}; embed_folder "
+                f"{r['scale_embed_folder_per_s']:.2f} img/s",
             )
         )
     width = max(len(a) for a, _, _ in rows)

@@ -15,6 +15,7 @@ from mmkd_utils.doctor import doctor
 from mmkd_utils.download import download_checkpoint, sha256_file
 from mmkd_utils.errors import DownloadError, MMKDError
 from mmkd_utils.model.registry import BIOMEDCLIP_ID, MODELS, load_model
+from mmkd_utils.tasks.scale import build_index, embed_dataset, search_index
 
 _DIRS = (config.TEXT_ENCODER_DIR, config.BIOMEDCLIP_DIR)
 _BERT_FILES = ("config.json", "vocab.txt", "tokenizer_config.json")  # config: tokenizer class
@@ -29,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``mmkd-clip`` argument parser, one sub-command per task.
 
     Example:
-        >>> build_parser().parse_args(["doctor", "--offline"]).offline
-        True
+        >>> build_parser().parse_args(["doctor", "--offline"]).network
+        False
     """
     parser = argparse.ArgumentParser(prog="mmkd-clip", description="MMKD-CLIP tutorial helpers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -43,10 +44,54 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--all", action="store_true", help="a classroom kit: all the notebooks use")
     get.add_argument("--check", action="store_true", help="verify a kit's files by SHA-256")
     check = commands.add_parser("doctor", help="check packages, GPU, cache, weights, network")
-    check.add_argument("--offline", action="store_true", help="ask no host")
+    check.add_argument("--offline", action="store_false", dest="network", help="ask no host")
     check.add_argument("--verify", action="store_true", help="also read the weights (784 MB)")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds per host (default 3)")
+    _add_scale_commands(commands)
     return parser
+
+
+def _add_scale_commands(commands: argparse._SubParsersAction) -> None:
+    """``embed`` and ``search``: a large collection on Ray, into shards and a faiss index."""
+    embed = commands.add_parser("embed", help="embed images on Ray into Parquet shards (scale)")
+    embed.add_argument("source", help="a folder, or a .parquet/.csv file with a path column")
+    embed.add_argument("--out", type=Path, required=True, metavar="DIR", help="the shards' folder")
+    embed.add_argument("--ray-address", help="a running cluster (default: RAY_ADDRESS or local)")
+    embed.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor (default 0)")
+    embed.add_argument("--concurrency", type=int, help="actors (default: Ray scales the pool)")
+    embed.add_argument("--batch-size", type=int, default=64, help="images per batch and shard")
+    embed.add_argument("--no-resume", action="store_true", help="delete the shards first")
+    find = commands.add_parser("search", help="search the index of `mmkd-clip embed` (scale)")
+    find.add_argument("dir", type=Path, help="the folder of `mmkd-clip embed --out`")
+    find.add_argument("query", help="a prompt (or, with --image, an image file)")
+    find.add_argument("-k", type=int, default=10, help="results (default 10)")
+    find.add_argument("--image", action="store_true", help="the query is an image file")
+    for sub in (embed, find):
+        sub.add_argument("--model", default="mmkd-clip", help="a registered model name")
+        sub.add_argument("--checkpoint", help="its weights (default: MMKD_CHECKPOINT or released)")
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    """Run ``embed`` (then index the shards) or ``search``; print what was done or found."""
+    models = {"model": args.model, "checkpoint": args.checkpoint}
+    if args.command == "search":
+        query = Path(args.query) if args.image else args.query
+        print(search_index(args.dir, query, args.k, **models).to_string(index=False))
+        return 0
+    address = {"RAY_ADDRESS": args.ray_address} if args.ray_address else {}
+    with mock.patch.dict(os.environ, address):
+        done = embed_dataset(
+            args.source,
+            args.out,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            num_gpus=args.num_gpus,
+            resume=not args.no_resume,
+            **models,
+        )
+    print(f"{done.embedded} embedded ({done.failed} unreadable), {done.done_before} there before")
+    print("index: {kind}, {vectors} vectors".format(**build_index(args.out)))
+    return 0
 
 
 def _download_kit() -> int:
@@ -115,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     env = dict.fromkeys(set(config.ENV_VARS) - {"MMKD_HOME"}, "") if kit else {}
     env |= {"MMKD_HOME": str(args.home)} if getattr(args, "home", None) else {}
     try:
+        if args.command in ("embed", "search"):
+            return _run_scale(args)
         if args.command == "doctor":
-            report = doctor(
-                network=not args.offline, timeout=args.timeout, verify_weights=args.verify
-            )
+            report = doctor(network=args.network, timeout=args.timeout, verify_weights=args.verify)
             print(report)
             return 0 if report.ok else 1
         with mock.patch.dict(os.environ, env):

@@ -6,8 +6,6 @@ Example:
     (True, True)
 """
 
-from __future__ import annotations
-
 import re
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -82,6 +80,10 @@ class ProbeError(MMKDError, ValueError):
 
 class RetrievalError(MMKDError, ValueError):
     """Queries or an index that cannot be searched (wrong shape or type, no model)."""
+
+
+class ShardMismatchError(MMKDError, ValueError):
+    """Embedding shards (or an index) of one model met another model, or a shard is unreadable."""
 
 
 class MissingDependencyError(MMKDError, ImportError):

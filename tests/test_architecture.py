@@ -27,6 +27,14 @@ CAPABILITIES = {
         {"mmkd_utils.plotting": {"plot_benchmark", "plot_few_shot"}},
         900,
     ),
+    "scale-out": (
+        {"mmkd_utils.tasks.scale"},
+        {
+            "mmkd_utils.errors": {"ShardMismatchError"},
+            "mmkd_utils.cli": {"_add_scale_commands", "_run_scale"},
+        },
+        450,
+    ),
     "saliency": (
         {"mmkd_utils.tasks.saliency"},
         {"mmkd_utils.plotting": {"plot_saliency", "plot_sanity_check"}},

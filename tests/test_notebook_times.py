@@ -20,7 +20,7 @@ def times():
 
 def test_every_main_notebook_has_recorded_running_times(times):
     names = {path.stem for path in times.main_notebooks()}
-    assert len(names) == 9  # 01-08 and 10
+    assert len(names) == 10  # 01-10
     assert names <= set(times.recorded()["notebooks"])
 
 
