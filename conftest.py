@@ -12,6 +12,12 @@ gets, with nothing to import:
   (``breastmnist``, ``pathmnist``, ``chestmnist``; ``tests/support.py``).
 
 Only the package's modules are read for examples (not tests/, notebooks/ or tools/).
+
+The test session runs torch on one thread (``OMP_NUM_THREADS=1``, inherited by the
+notebook kernels, Ray's workers and every subprocess) unless you set ``OMP_NUM_THREADS``
+yourself or run the notebooks on the released weights (``MMKD_NOTEBOOK_REAL=1``): the tiny
+model's operations are too small to share, and threads spinning for work made the suite
+take nearly twice the CPU time on 2 cores.
 While an example runs, ``MMKD_HOME`` is a fresh temporary folder, the other ``MMKD_*``
 variables are unset and the Hugging Face hub is offline, for that example only.
 """
@@ -19,10 +25,12 @@ variables are unset and the Hugging Face hub is offline, for that example only.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from _pytest.doctest import DoctestItem, DoctestModule
 
 from mmkd_utils.config import ENV_VARS
@@ -30,6 +38,14 @@ from mmkd_utils.config import ENV_VARS
 REPO = Path(__file__).resolve().parent
 TINY = REPO / "tests" / "fixtures" / "tiny_upstream"
 _MODEL: dict[str, object] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread for the session and its subprocesses, unless you chose a number."""
+    real = os.environ.get("MMKD_NOTEBOOK_REAL", "").strip().lower() in {"1", "true", "yes"}
+    if "OMP_NUM_THREADS" not in os.environ and not real:  # the released weights: all cores
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.hookimpl(wrapper=True)

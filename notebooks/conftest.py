@@ -19,10 +19,10 @@ the report header):
   when that folder exists (as in CI); otherwise nine small generated stand-ins under the
   published names (``demo_images()`` then warns that they differ, which is expected).
 * ``MPLBACKEND`` = Agg: no display needed.
-* ``OMP_NUM_THREADS`` = 1: one torch thread per kernel. The tiny model's operations are too
-  small to share between threads, and two notebooks run at a time (``test_notebooks.py``):
-  two threads each made them fight for the cores (one exercise took 42 s instead of 1.4 s
-  on a busy machine).
+
+The kernels also inherit ``OMP_NUM_THREADS=1`` from the root ``conftest.py`` (one torch
+thread each: two notebooks run at a time, and two threads each made them fight for the
+cores; one exercise took 42 s instead of 1.4 s on a busy machine).
 
 With ``MMKD_NOTEBOOK_REAL=1`` only ``MPLBACKEND`` is set: the notebooks then use the
 released weights (downloaded unless ``MMKD_CHECKPOINT`` etc. point to local files).
@@ -117,7 +117,6 @@ def _variables(temp: Callable[[str], Path]) -> dict[str, Callable[[], str]]:
         ),
         "MMKD_DEMO_IMAGES": lambda: str(demo if demo.is_dir() else _stand_in_images(temp("demo"))),
         "MPLBACKEND": lambda: "Agg",
-        "OMP_NUM_THREADS": lambda: "1",
     }
 
 

@@ -35,7 +35,6 @@ from mmkd_utils.tasks.scale import (
     write_shard,
 )
 
-pytestmark = pytest.mark.xdist_group("ray")
 N_IMAGES = 200
 BAD = {"bad.png": b"not an image", "empty.png": b""}
 TINY = {"checkpoint": TINY_CHECKPOINT, "text_encoder": TINY_TEXT}
