@@ -83,6 +83,23 @@ def test_the_map_of_a_prompt_depends_on_the_prompt(tiny_model, xray_pixels, meth
     assert maps.ranges.shape == (2, 2) and (maps.ranges[:, 0] < maps.ranges[:, 1]).all()
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_contrast_map_explains_the_difference_of_the_similarities(tiny_model, method):
+    texts = tiny_model.encode_texts(PROMPTS + ["A knee MRI."])
+    fake = copy.copy(tiny_model)  # "A - rest": s of the first prompt minus the others' mean
+    vectors = dict(zip(PROMPTS + ["A knee MRI."], texts, strict=True))
+    vectors["A - rest"] = texts[0] - texts[1:].mean(0)
+    fake.encode_texts = lambda prompts: torch.stack([vectors[p] for p in prompts])
+    contrast = explain(fake, wide_image(), [*PROMPTS, "A knee MRI."], method=method, contrast=True)
+    difference = explain(fake, wide_image(), ["A - rest"], method=method)
+    plain = explain(fake, wide_image(), [*PROMPTS, "A knee MRI."], method=method)
+
+    np.testing.assert_allclose(contrast.maps[0], difference.maps[0], atol=1e-5)
+    assert np.abs(contrast.maps[0] - plain.maps[0]).max() > 0.05
+    np.testing.assert_allclose(contrast.probabilities, plain.probabilities)
+    assert contrast.method_name.endswith(", contrast")
+
+
 def test_more_than_eight_prompts_are_explained_in_batches(tiny_model, xray_pixels):
     prompts = [f"A chest X-ray, view {i}." for i in range(9)]
     sizes = []  # the batch sizes the image tower gets

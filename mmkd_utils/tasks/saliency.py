@@ -50,7 +50,7 @@ class SaliencyResult:
     close values, a flat map that still looks focal. ``probabilities``: softmax over ``prompts``
     of ``logit_scale`` × the float32 cosines the maps explain (``zero_shot`` may use autocast on
     a GPU). ``image``: the RGB image the model got, before preprocessing. ``method``: the key,
-    ``method_name``: its name in :data:`METHODS`.
+    ``method_name``: its name in :data:`METHODS` (+ ", contrast").
     """
 
     image: Image.Image
@@ -64,12 +64,14 @@ class SaliencyResult:
     method_name: str
 
 
-def explain(model, image, prompts, *, method: str = "gradcam") -> SaliencyResult:
+def explain(model, image, prompts, *, method="gradcam", contrast=False) -> SaliencyResult:
     """Saliency maps of ``image`` (path, PIL image or array) for each of ``prompts``.
 
     ``method``: ``"gradcam"`` (needs the ``grad-cam`` package) or ``"attention"``. The model is
     not changed: hooks are removed, ``requires_grad``, gradients and train/eval modes restored.
     One forward and backward pass per 8 prompts, on a batch of that many copies of the image.
+    ``contrast=True``: map ``i`` explains s_i minus the mean s of the other prompts (two prompts:
+    s_right − s_near, on which the choice between them depends), not s_i alone.
 
     Example:
         >>> result = explain(clip, xray, ["A chest X-ray.", "A brain MRI."])
@@ -77,18 +79,17 @@ def explain(model, image, prompts, *, method: str = "gradcam") -> SaliencyResult
         ((2, 224, 224), (2, 512, 482), (2,))
     """
     key, blocks = _method(method), _blocks(model.model.visual)
-    prompts = check_prompts(prompts)
-    rgb = to_rgb(image)
+    prompts, rgb = check_prompts(prompts), to_rgb(image)
     texts = model.encode_texts(prompts).to(model.device)
     pixels = model.preprocess(rgb)[None].to(model.device)
-    maps, ranges = _maps(model.model.visual, blocks, pixels, texts, key)
+    explained = texts - (texts.sum(0) - texts) / max(len(texts) - 1, 1) if contrast else texts
+    maps, ranges = _maps(model.model.visual, blocks, pixels, explained, key)  # s: linear in text
     box, original = _on_original(maps, rgb.size, model.preprocess)
     with _untouched(model.model.visual), torch.no_grad():  # the cosines the maps explain
         cosines = _Cosines(model.model.visual, texts)(pixels.float())[0]
     probs = (model.logit_scale * cosines).softmax(-1).cpu().numpy()
-    return SaliencyResult(
-        rgb, tuple(prompts), probs, maps, original, box, key, ranges, METHODS[key]
-    )
+    name = METHODS[key] + (", contrast" if contrast else "")
+    return SaliencyResult(rgb, tuple(prompts), probs, maps, original, box, key, ranges, name)
 
 
 def patch_spearman(a: np.ndarray, b: np.ndarray, patch: int = 16) -> float:
