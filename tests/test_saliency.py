@@ -100,6 +100,18 @@ def test_a_contrast_map_explains_the_difference_of_the_similarities(tiny_model, 
     assert contrast.method_name.endswith(", contrast")
 
 
+def test_ranges_are_the_maps_values_before_scaling(tiny_model):
+    texts = tiny_model.encode_texts(PROMPTS)
+    doubled = copy.copy(tiny_model)  # every similarity twice as large: Grad-CAM's raw map too
+    doubled.encode_texts = lambda prompts: 2 * texts
+    result = explain(tiny_model, wide_image(), PROMPTS)
+    twice = explain(doubled, wide_image(), PROMPTS)
+
+    np.testing.assert_allclose(twice.maps, result.maps, atol=1e-4)
+    np.testing.assert_allclose(twice.ranges, 2 * result.ranges, rtol=1e-3, atol=1e-9)
+    assert (result.ranges[:, 1] < 0.5).all()  # not grad-cam's own 0-1 scale
+
+
 def test_more_than_eight_prompts_are_explained_in_batches(tiny_model, xray_pixels):
     prompts = [f"A chest X-ray, view {i}." for i in range(9)]
     sizes = []  # the batch sizes the image tower gets

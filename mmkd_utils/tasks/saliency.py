@@ -225,9 +225,13 @@ def _gradcam(cosines, blocks, batch, grid) -> np.ndarray:
         return tokens[:, 1:].reshape(len(tokens), *grid, -1).permute(0, 3, 1, 2)
 
     cam = GradCAM(cosines, [blocks[-1].ln_1], tokens_to_grid)
+    raw, get = [], cam.get_cam_image  # grad-cam scales each map to 0-1: keep the raw values
+    cam.get_cam_image = lambda *args, **kw: raw.append(np.maximum(get(*args, **kw), 0)) or raw[-1]
     try:  # not `with`: its __exit__ would swallow an IndexError. The weights are frozen, so
         targets = [ClassifierOutputTarget(i) for i in range(len(batch))]  # the input needs
-        return cam(batch.requires_grad_(), targets)  # a gradient for the graph to exist
+        scaled = cam(batch.requires_grad_(), targets)  # a gradient for the graph to exist
+        low, high = raw[0].min(axis=(1, 2)), raw[0].max(axis=(1, 2))
+        return scaled * (high - low + 1e-7)[:, None, None] + low[:, None, None]  # raw units
     finally:
         cam.activations_and_grads.release()
 
