@@ -514,7 +514,8 @@ def plot_gallery(results, *, k=None, images_per_row=None, title_column="query") 
 def plot_saliency(result, *, alpha: float = 0.5) -> Figure:
     """An :func:`~mmkd_utils.tasks.saliency.explain` result on one figure: the image, then
     each prompt's map over it (0–1 per map; clear where the preprocessing cut the image
-    away; dashed: the crop the model sees), the prompt's zero-shot probability in its title.
+    away; dashed: the crop the model sees); titles: the prompt's probability and the map's range
+    before scaling (``result.ranges``).
 
     Example:
         >>> from mmkd_utils.tasks.saliency import explain
@@ -530,7 +531,7 @@ def plot_saliency(result, *, alpha: float = 0.5) -> Figure:
                             "for each prompt.")  # fmt: skip
     (height, width), (left, top, right, bottom) = maps.shape[1:], result.crop_box
     step = math.ceil(max(height, width) / GALLERY_IMAGE_SIZE)  # every step-th pixel shown
-    array, style = _pixels(np.asarray(result.image)[::step, ::step], "result.image")
+    array, style = _pixels(np.asarray(result.image.reduce(step)), "result.image")
     maps = maps[:, ::step, ::step]
     fig = _Figure(figsize=(3.2 * len(prompts) + 4.0, 3.9))  # no layout engine: twice as fast
     axes = fig.subplots(1, len(prompts) + 1, squeeze=False, gridspec_kw={"wspace": 0.08})[0]
@@ -544,10 +545,10 @@ def plot_saliency(result, *, alpha: float = 0.5) -> Figure:
                           extent=(0, width, height, 0))  # fmt: skip
         ax.plot([left, right, right, left, left], [top, top, bottom, bottom, top], "--",
                 color="white", linewidth=1)  # fmt: skip
-        ax.set_title(f"{_wrap(prompts[k - 1], 30)}\np = {probs[k - 1]:.3f}", fontsize=9)
-    fig.colorbar(
-        shown, ax=list(axes[1:]), shrink=0.8, label=f"{result.method} saliency, 0–1 per map"
-    )
+        low, high = result.ranges[k - 1]
+        ax.set_title(f"{_wrap(prompts[k - 1], 30)}\np = {probs[k - 1]:.3f}, range "
+                     f"{low:.2g} to {high:.2g}", fontsize=9)  # fmt: skip
+    fig.colorbar(shown, ax=list(axes[1:]), shrink=0.8, label=f"{result.method_name}, 0–1 per map")
     return fig
 
 
@@ -559,9 +560,9 @@ def plot_sanity_check(table: pd.DataFrame) -> Figure:
         >>> from mmkd_utils.tasks.saliency import sanity_check
         >>> fig = plot_sanity_check(sanity_check(clip, xray, "A chest X-ray.", method="attention"))
         >>> [ax.get_title().split("\\n")[0] for ax in fig.axes[:3]]
-        ['none', 'block 2', 'blocks 1–2']
+        ['none', 'head', 'head, block 2']
     """
-    need = {"blocks_randomised", "randomised", "spearman", "map"}
+    need = {"step", "randomised", "spearman", "map"}
     if not isinstance(table, pd.DataFrame) or need - set(table) or table.empty:
         raise ArgumentError(f"table must be the DataFrame of sanity_check(), columns {need}.")
     cols = min(len(table), 7)
@@ -574,9 +575,10 @@ def plot_sanity_check(table: pd.DataFrame) -> Figure:
         ax.set_axis_off()
         ax.set_title(f"{row['randomised']}\nρ = {row['spearman']:.2f}", fontsize=8)
     ax = curve.add_subplot()
-    ax.plot(table["blocks_randomised"], table["spearman"], "o-")
+    ax.plot(table["step"], table["spearman"], "o-")
     ax.axhline(0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xticks(table["blocks_randomised"])
-    ax.set(xlabel="blocks randomised, from the top", ylabel="Spearman ρ with the trained map")
+    ax.set_xticks(table["step"])
+    ax.set(xlabel="step: the head, the blocks from the top, then everything",
+           ylabel="Spearman ρ (patches) with the trained map")  # fmt: skip
     ax.set(ylim=(-1.05, 1.05), title="Cascading randomisation (Adebayo et al. 2018)")
     return fig

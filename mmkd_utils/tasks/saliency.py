@@ -10,7 +10,8 @@ probability itself (which also depends on the other prompts). Two methods:
   from open_clip's own attention modules through hooks.
 
 Both give one value per 16 × 16-pixel patch of the preprocessed view (14 × 14 for a 224-pixel
-ViT-B/16), interpolated bilinearly; each map is scaled to 0–1 on its own.
+ViT-B/16), interpolated bilinearly; each map is scaled to 0–1 on its own (its range before:
+``ranges``). Compare maps with :func:`patch_spearman`, on those patches.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ class SaliencyResult:
     ``maps`` [M, h, w]: on the preprocessed view (224 × 224 for the released model), 0 to 1.
     ``original_maps`` [M, H, W]: the same maps on ``image``'s own pixels; NaN where the
     preprocessing cut the image away (outside ``crop_box``, (left, top, right, bottom) in
-    ``image``'s pixel coordinates). ``probabilities``: the model's ``zero_shot`` over
-    ``prompts``. ``image``: the RGB image the model got, before preprocessing.
+    ``image``'s pixel coordinates). ``ranges`` [M, 2]: each map's (min, max) before scaling:
+    close values, a flat map that still looks focal. ``probabilities``: softmax over ``prompts``
+    of ``logit_scale`` × the float32 cosines the maps explain (``zero_shot`` may use autocast on
+    a GPU). ``image``: the RGB image the model got, before preprocessing. ``method``: the key,
+    ``method_name``: its name in :data:`METHODS` (+ ", contrast").
     """
 
     image: Image.Image
@@ -56,13 +60,18 @@ class SaliencyResult:
     original_maps: np.ndarray
     crop_box: tuple[float, float, float, float]
     method: str
+    ranges: np.ndarray
+    method_name: str
 
 
-def explain(model, image, prompts, *, method: str = "gradcam") -> SaliencyResult:
+def explain(model, image, prompts, *, method="gradcam", contrast=False) -> SaliencyResult:
     """Saliency maps of ``image`` (path, PIL image or array) for each of ``prompts``.
 
     ``method``: ``"gradcam"`` (needs the ``grad-cam`` package) or ``"attention"``. The model is
     not changed: hooks are removed, ``requires_grad``, gradients and train/eval modes restored.
+    One forward and backward pass per 8 prompts, on a batch of that many copies of the image.
+    ``contrast=True``: map ``i`` explains s_i minus the mean s of the other prompts (two prompts:
+    s_right − s_near, on which the choice between them depends), not s_i alone.
 
     Example:
         >>> result = explain(clip, xray, ["A chest X-ray.", "A brain MRI."])
@@ -70,51 +79,76 @@ def explain(model, image, prompts, *, method: str = "gradcam") -> SaliencyResult
         ((2, 224, 224), (2, 512, 482), (2,))
     """
     key, blocks = _method(method), _blocks(model.model.visual)
-    prompts = check_prompts(prompts)
-    rgb = to_rgb(image)
+    prompts, rgb = check_prompts(prompts), to_rgb(image)
     texts = model.encode_texts(prompts).to(model.device)
     pixels = model.preprocess(rgb)[None].to(model.device)
-    maps = _maps(model.model.visual, blocks, pixels, texts, key)
+    explained = texts - (texts.sum(0) - texts) / max(len(texts) - 1, 1) if contrast else texts
+    maps, ranges = _maps(model.model.visual, blocks, pixels, explained, key)  # s: linear in text
     box, original = _on_original(maps, rgb.size, model.preprocess)
-    probs = model.zero_shot(rgb, prompts)[0].numpy()
-    return SaliencyResult(rgb, tuple(prompts), probs, maps, original, box, key)
+    with _untouched(model.model.visual), torch.no_grad():  # the cosines the maps explain
+        cosines = _Cosines(model.model.visual, texts)(pixels.float())[0]
+    probs = (model.logit_scale * cosines).softmax(-1).cpu().numpy()
+    name = METHODS[key] + (", contrast" if contrast else "")
+    return SaliencyResult(rgb, tuple(prompts), probs, maps, original, box, key, ranges, name)
+
+
+def patch_spearman(a: np.ndarray, b: np.ndarray, patch: int = 16) -> float:
+    """Spearman's ρ of two maps of the same view, each averaged over ``patch`` × ``patch``
+    pixels first: the model's own resolution, not the interpolated pixels. NaN if one is flat.
+
+    Example:
+        >>> maps = explain(clip, xray, ["A chest X-ray.", "A brain MRI."]).maps
+        >>> round(patch_spearman(maps[0], maps[0]), 6), -1 <= patch_spearman(*maps) <= 1
+        (1.0, True)
+    """
+    a, b = (F.avg_pool2d(torch.as_tensor(m, dtype=torch.float32)[None], patch) for m in (a, b))
+    with warnings.catch_warnings():  # a constant map has no rank correlation: NaN
+        warnings.simplefilter("ignore")
+        return float(spearmanr(a.ravel(), b.ravel())[0])
 
 
 def sanity_check(model, image, prompt: str, *, method: str = "gradcam", seed: int = 0):
     """Adebayo et al.'s cascading randomisation (NeurIPS 2018) on a copy of the image tower.
 
-    The blocks are randomised from the top: the last, then the last two, ... down to all of
-    them (each weight tensor replaced by Gaussian noise of its own mean and standard deviation;
-    the embeddings, ``ln_post`` and the projection are kept). A table: one row per step, with the
-    Spearman rank correlation between that step's map and the trained model's (NaN if a map
-    is constant) and the map itself (column ``map``, on the preprocessed view).
+    From the output end to the input: step 1 randomises the head (``ln_post``, ``proj``), the
+    next steps the blocks from the top one by one, the last every weight left (``conv1``, the
+    class and position embeddings, ``ln_pre``): nothing trained is left. Each weight tensor
+    becomes Gaussian noise of its own mean and standard deviation. A table, one row per step
+    (0: untouched): :func:`patch_spearman` of that step's map with the trained model's, and
+    the map itself (column ``map``, on the preprocessed view).
 
     A map that depends on what the model learned must change as its weights are destroyed:
-    a correlation that stays high fails the check, and the method then shows something that
-    does not need the trained weights (edges, bright areas, the architecture), so it cannot
-    explain the trained model's similarity. Passing is necessary, not sufficient.
+    if ρ stays high, the method shows something that does not need them (edges, bright areas,
+    the architecture). Passing is necessary, not sufficient.
 
     Example:
-        >>> table = sanity_check(clip, xray, "A chest X-ray.")
-        >>> table[["blocks_randomised", "randomised"]].values.tolist()
-        [[0, 'none'], [1, 'block 2'], [2, 'blocks 1–2']]
+        >>> sanity_check(clip, xray, "A chest X-ray.")["randomised"].tolist()
+        ['none', 'head', 'head, block 2', 'head, blocks 1–2', 'everything']
     """
-    key, visual = _method(method), copy.deepcopy(model.model.visual)  # never the user's model
+    key, prompts = _method(method), check_prompts(prompt, "prompt")
+    if len(prompts) > 1:
+        raise ArgumentError(f"sanity_check takes one prompt, not {len(prompts)}: loop over them.")
+    with torch.inference_mode(False):  # parameters that a gradient can pass through
+        visual = copy.deepcopy(model.model.visual)  # never the user's model
     blocks = _blocks(visual)
-    text = model.encode_texts(check_prompts(prompt, "prompt")[:1]).to(model.device)
+    text = model.encode_texts(prompts).to(model.device)
     pixels = model.preprocess(to_rgb(image))[None].to(model.device)
-    generator, rows, n = torch.Generator().manual_seed(seed), [], len(blocks)
-    for k in range(n + 1):
-        with torch.no_grad():
-            for p in blocks[n - k].parameters() if k else ():
+    head = [p for name, p in visual.named_parameters() if name.split(".")[0] in ("ln_post", "proj")]
+    steps, n = [("none", []), ("head", head)], len(blocks)
+    for k in range(1, n + 1):
+        label = f"head, block {n}" if k == 1 else f"head, blocks {n - k + 1}–{n}"
+        steps.append((label, list(blocks[n - k].parameters())))
+    done = {id(p) for _, group in steps for p in group}
+    steps.append(("everything", [p for p in visual.parameters() if id(p) not in done]))
+    generator, rows, patch = torch.Generator().manual_seed(seed), [], visual.conv1.kernel_size[0]
+    for k, (label, group) in enumerate(steps):
+        with torch.inference_mode(False), torch.no_grad():
+            for p in group:
                 noise = torch.randn(p.shape, generator=generator).to(p)
                 p.copy_(noise * (p.std() if p.numel() > 1 else 0) + p.mean())
-        heat = _maps(visual, blocks, pixels, text, key)[0]
-        with warnings.catch_warnings():  # a constant map has no rank correlation: NaN
-            warnings.simplefilter("ignore")
-            rho = float(spearmanr(rows[0]["map"].ravel(), heat.ravel())[0]) if k else 1.0
-        label = "none" if k == 0 else f"block {n}" if k == 1 else f"blocks {n - k + 1}–{n}"
-        rows.append({"blocks_randomised": k, "randomised": label, "spearman": rho, "map": heat})
+        heat = _maps(visual, blocks, pixels, text, key)[0][0]
+        rho = patch_spearman(rows[0]["map"], heat, patch) if k else 1.0
+        rows.append({"step": k, "randomised": label, "spearman": rho, "map": heat})
     return pd.DataFrame(rows)
 
 
@@ -164,17 +198,20 @@ class _Cosines(torch.nn.Module):
         return F.normalize(self.visual(pixels).float(), dim=-1) @ self.texts.T
 
 
-def _maps(visual, blocks, pixels, texts, method: str) -> np.ndarray:
-    """[M, h, w] maps, 0 to 1: image ``i`` of the batch is explained for prompt ``i``."""
-    batch = pixels.float().repeat(len(texts), 1, 1, 1)
-    patch = visual.conv1.kernel_size
+def _maps(visual, blocks, pixels, texts, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """[M, h, w] maps, 0 to 1, and [M, 2] their (min, max) before: per batch of up to 8
+    prompts, copy ``i`` of the image is explained for prompt ``i``."""
+    patch, explain_batch = visual.conv1.kernel_size, _gradcam if method == "gradcam" else _attention
     grid = (pixels.shape[-2] // patch[0], pixels.shape[-1] // patch[1])
-    with _untouched(visual):
-        explain_batch = _gradcam if method == "gradcam" else _attention
-        maps = explain_batch(_Cosines(visual, texts), blocks, batch, grid)
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+    with _untouched(visual):  # made in here: a caller's inference_mode does not reach them
+        pixels, texts, maps = pixels.float().clone(), texts.clone(), []
+        for chunk in texts.split(8):
+            batch = pixels.repeat(len(chunk), 1, 1, 1)
+            maps.append(explain_batch(_Cosines(visual, chunk), blocks, batch, grid))
+    maps = np.concatenate(maps)
+    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    scaled = np.divide(maps - low, high - low, out=np.zeros_like(maps), where=high > low)
+    return scaled, np.concatenate([low, high], axis=2)[:, 0]
 
 
 def _gradcam(cosines, blocks, batch, grid) -> np.ndarray:
@@ -188,9 +225,13 @@ def _gradcam(cosines, blocks, batch, grid) -> np.ndarray:
         return tokens[:, 1:].reshape(len(tokens), *grid, -1).permute(0, 3, 1, 2)
 
     cam = GradCAM(cosines, [blocks[-1].ln_1], tokens_to_grid)
+    raw, get = [], cam.get_cam_image  # grad-cam scales each map to 0-1: keep the raw values
+    cam.get_cam_image = lambda *args, **kw: raw.append(np.maximum(get(*args, **kw), 0)) or raw[-1]
     try:  # not `with`: its __exit__ would swallow an IndexError. The weights are frozen, so
         targets = [ClassifierOutputTarget(i) for i in range(len(batch))]  # the input needs
-        return cam(batch.requires_grad_(), targets)  # a gradient for the graph to exist
+        scaled = cam(batch.requires_grad_(), targets)  # a gradient for the graph to exist
+        low, high = raw[0].min(axis=(1, 2)), raw[0].max(axis=(1, 2))
+        return scaled * (high - low + 1e-7)[:, None, None] + low[:, None, None]  # raw units
     finally:
         cam.activations_and_grads.release()
 
@@ -212,6 +253,12 @@ def _attention(cosines, blocks, batch, grid) -> np.ndarray:
         score = cosines(batch.requires_grad_()).diagonal().sum()
         # The returned weights are a view of the softmax output the attention used: its base.
         used = [w if w._base is None else w._base for w in weights]
+        if any(
+            u.shape[-2:] != w.shape[-2:] or u.numel() != w.numel()
+            for u, w in zip(used, weights, strict=True)
+        ):
+            raise NotImplementedError("method='attention' cannot find the attention weights this "
+                                      "torch version used: use method='gradcam'.")  # fmt: skip
         grads = torch.autograd.grad(score, used)
     finally:
         for hook in hooks:
@@ -241,6 +288,8 @@ def _on_original(maps: np.ndarray, size: tuple[int, int], preprocess):
     centre crops followed exactly (torchvision's arithmetic), then inverted."""
     (width, height), scale, offset = size, np.ones(2), np.zeros(2)  # view = scale·x + offset
     for step in getattr(preprocess, "transforms", [preprocess]):
+        if isinstance(step, Resize) and step.max_size:
+            raise ArgumentError(f"explain cannot map back a Resize with max_size: {step}.")
         if isinstance(step, Resize):
             wanted = [step.size] if isinstance(step.size, int) else list(step.size)
             if len(wanted) == 1:
