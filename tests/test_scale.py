@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,62 @@ def test_without_the_extra_the_cli_says_how_to_install_it(images, tmp_path):
     assert done.stdout.split() == ["1", "1"]
     assert done.stderr.count('pip install "mmkd-utils[scale]"') == 2
     assert "Traceback" not in done.stderr
+
+
+class _FakeRay:
+    """Just enough of ray for scale._batches: records the actor pool it is asked for."""
+
+    def __init__(self, resources):
+        self.resources, self.pools, self.data = resources, [], self
+
+    def is_initialized(self):
+        return True
+
+    def cluster_resources(self):
+        return self.resources
+
+    def ActorPoolStrategy(self, **kwargs):  # noqa: N802 (ray's name)
+        self.pools.append(kwargs)
+        return kwargs
+
+    def from_items(self, items, override_num_blocks):
+        return self
+
+    def map_batches(self, *args, **kwargs):
+        return types.SimpleNamespace(
+            context=types.SimpleNamespace(), iter_batches=lambda **kw: iter([])
+        )
+
+
+@pytest.mark.parametrize(
+    ("resources", "concurrency", "num_gpus", "pool"),
+    [
+        ({"CPU": 16, "memory": 8 * 2**30}, None, 0, {"min_size": 1, "max_size": 4}),  # 2 GiB each
+        ({"CPU": 2, "memory": 64 * 2**30}, None, 0, {"min_size": 1, "max_size": 2}),
+        ({"CPU": 8, "GPU": 2, "memory": 64 * 2**30}, None, 0.5, {"min_size": 1, "max_size": 4}),
+        ({"CPU": 1, "memory": 2**29}, None, 0, {"min_size": 1, "max_size": 1}),
+        ({"CPU": 16, "memory": 8 * 2**30}, 3, 0, {"size": 3}),
+    ],
+)
+def test_the_actor_pool_fits_cpus_memory_and_gpus(
+    tiny_model, resources, concurrency, num_gpus, pool
+):
+    ray_ = _FakeRay(resources)
+    named = ("mmkd-clip", None, None)
+    assert list(scale._batches(ray_, ["a.png"], 8, concurrency, num_gpus, tiny_model, named)) == []
+    assert ray_.pools == [pool]
+
+
+def test_a_shard_is_flushed_before_and_after_its_rename(tiny_model, tmp_path, monkeypatch):
+    flushed, fsync = [], os.fsync
+
+    def record(fd):  # which file or folder (Linux's /proc)
+        flushed.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    write_shard(
+        tmp_path / "part-a.parquet", ["x"], np.ones((1, 64)), [None], tiny_model.fingerprint
+    )
+    assert len(flushed) == 2 and flushed[1] == tmp_path
+    assert flushed[0].name.startswith(".part-a.parquet.") and flushed[0].suffix == ".tmp"
