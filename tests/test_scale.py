@@ -231,12 +231,13 @@ def test_inputs_refused_before_any_ray_work(images, tiny_model, tmp_path):
     with pytest.raises(ValueError, match="local or NFS folder"):
         embed_dataset(images, "s3://bucket/out", **TINY)
     (tmp_path / "part-0.parquet").write_bytes(b"PAR1 not a shard")
-    with pytest.raises(ShardMismatchError, match="part-0.parquet is not a readable shard"):
-        embed_dataset(images, tmp_path, **TINY)
-    (tmp_path / "part-0.parquet").unlink()
     (tmp_path / ".lock").write_text(f"another-host {os.getpid()}")
     with pytest.raises(ShardMismatchError, match=r"\.lock \(another-host \d+\): another run"):
+        embed_dataset(images, tmp_path, **TINY)  # the shards are read under the lock only
+    (tmp_path / ".lock").unlink()
+    with pytest.raises(ShardMismatchError, match="part-0.parquet is not a readable shard"):
         embed_dataset(images, tmp_path, **TINY)
+    assert not (tmp_path / ".lock").exists()
 
 
 def test_non_utf8_names_are_error_rows(tiny_model, tmp_path):

@@ -282,34 +282,33 @@ def embed_dataset(
     ray, pq = _need("ray"), _need("pyarrow.parquet")
     named = (model, checkpoint, text_encoder)
     clip = load_named(*named)
-    if not resume:
-        for file in out.glob(SHARDS):
-            file.unlink()
-    files, _ = _shards(out, clip.fingerprint)
-    done = set(pq.read_table(files, columns=["path"])["path"].to_pylist()) if files else set()
-    todo = [p for p in paths if _text(p) not in done]
+    out.mkdir(parents=True, exist_ok=True)
     start, failed, first = time.perf_counter(), 0, (float("nan"), 0)
-    if todo:
-        out.mkdir(parents=True, exist_ok=True)
-        with _lock(out):
+    with _lock(out):  # what is done, then the rest: one run at a time
+        for file in out.glob(SHARDS) if not resume else ():
+            file.unlink()
+        files, _ = _shards(out, clip.fingerprint)
+        done = set(pq.read_table(files, columns=["path"])["path"].to_pylist()) if files else set()
+        todo = [p for p in paths if _text(p) not in done]
+        if todo:
             shutil.rmtree(out / INDEX_DIR, ignore_errors=True)  # stale once a shard is added
-            run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-            bad = [_text(p) for p in todo if _text(p) != p]
-            if bad:  # pyarrow strings are UTF-8
-                why = ["file name is not valid UTF-8; rename it"] * len(bad)
-                nan = np.full((len(bad), clip.embed_dim), np.nan, np.float32)
-                write_shard(out / f"part-{run}-names.parquet", bad, nan, why, clip.fingerprint)
-            failed, good = len(bad), [p for p in todo if _text(p) == p]
-            batches = _batches(ray, good, size, actors, num_gpus, clip, named) if good else []
-            bar = tqdm(total=len(paths), initial=len(paths) - len(good), unit="image", disable=None)
-            with bar:
-                for n, batch in enumerate(batches):
-                    errors = batch["error"].tolist()
-                    shard = out / f"part-{run}-{n:06d}.parquet"
-                    write_shard(shard, batch["path"], batch["embedding"], errors, clip.fingerprint)
-                    failed += sum(map(bool, errors))
-                    first = (time.perf_counter() - start, len(errors)) if n == 0 else first
-                    bar.update(len(errors))
+        run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        bad = [_text(p) for p in todo if _text(p) != p]
+        if bad:  # pyarrow strings are UTF-8
+            why = ["file name is not valid UTF-8; rename it"] * len(bad)
+            nan = np.full((len(bad), clip.embed_dim), np.nan, np.float32)
+            write_shard(out / f"part-{run}-names.parquet", bad, nan, why, clip.fingerprint)
+        failed, good = len(bad), [p for p in todo if _text(p) == p]
+        batches = _batches(ray, good, size, actors, num_gpus, clip, named) if good else []
+        bar = tqdm(total=len(paths), initial=len(paths) - len(good), unit="image", disable=None)
+        with bar:
+            for n, batch in enumerate(batches):
+                errors = batch["error"].tolist()
+                shard = out / f"part-{run}-{n:06d}.parquet"
+                write_shard(shard, batch["path"], batch["embedding"], errors, clip.fingerprint)
+                failed += sum(map(bool, errors))
+                first = (time.perf_counter() - start, len(errors)) if n == 0 else first
+                bar.update(len(errors))
     seconds = time.perf_counter() - start
     return EmbedSummary(out, len(paths), len(paths) - len(todo), len(todo), failed, seconds, *first)
 
