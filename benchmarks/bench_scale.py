@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(checkpoint, text_encoder=text, device="cpu", precision="fp32")
     _ = model.fingerprint  # the converted copy and the fingerprint exist before any timing
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
 
     def folder() -> tuple[float, float]:
         start = time.perf_counter()

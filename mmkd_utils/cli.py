@@ -58,7 +58,7 @@ def _add_scale_commands(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("--out", type=Path, required=True, metavar="DIR", help="the shards' folder")
     embed.add_argument("--ray-address", help="a running cluster (default: RAY_ADDRESS or local)")
     embed.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor (default 0)")
-    embed.add_argument("--concurrency", type=int, help="actors (default: Ray scales the pool)")
+    embed.add_argument("--concurrency", type=int, help="actors (default: 1 to one per CPU/GPU)")
     embed.add_argument("--batch-size", type=int, default=64, help="images per batch and shard")
     embed.add_argument("--no-resume", action="store_true", help="delete the shards first")
     find = commands.add_parser("search", help="search the index of `mmkd-clip embed` (scale)")

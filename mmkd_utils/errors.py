@@ -83,7 +83,7 @@ class RetrievalError(MMKDError, ValueError):
 
 
 class ShardMismatchError(MMKDError, ValueError):
-    """Embedding shards (or an index) of one model met another model, or a shard is unreadable."""
+    """Shards or an index that do not fit the run: another model's, unreadable, stale, locked."""
 
 
 class MissingDependencyError(MMKDError, ImportError):

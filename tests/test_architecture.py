@@ -33,7 +33,7 @@ CAPABILITIES = {
             "mmkd_utils.errors": {"ShardMismatchError"},
             "mmkd_utils.cli": {"_add_scale_commands", "_run_scale"},
         },
-        450,
+        520,
     ),
     "saliency": (
         {"mmkd_utils.tasks.saliency"},

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,10 @@ def embedded(cluster, images, tmp_path_factory):
             urls = [server.url("/x.png"), server.url("/missing.png")]
             table = out.parent / "images.csv"
             pd.DataFrame({"path": [*source_paths(images), *urls]}).to_csv(table)
+            (out / scale.INDEX_DIR).mkdir(parents=True)  # an index, stale after a new shard
             first = _killed_run(cluster, table, out)
+            index_after_kill = (out / scale.INDEX_DIR).exists()
+            stale_lock = (out / ".lock").is_file()  # the killed run's: taken over
             (out / ".part-x.parquet.123-abcd.tmp").write_bytes(b"PAR1 half a shard")
             printed = io.StringIO()
             with contextlib.redirect_stdout(printed):
@@ -101,7 +105,14 @@ def embedded(cluster, images, tmp_path_factory):
                 code = main(["embed", str(table), "--out", str(out), *args])
     finally:
         mp.undo()
-    return {"out": out, "urls": urls, "first": first, "code": code, "printed": printed.getvalue()}
+    found = {"index_after_kill": index_after_kill, "stale_lock": stale_lock}
+    return {
+        "out": out,
+        "urls": urls,
+        "first": first,
+        "code": code,
+        "printed": printed.getvalue(),
+    } | found
 
 
 def _killed_run(cluster: str, source: Path, out: Path) -> pd.DataFrame:
@@ -124,7 +135,8 @@ def test_a_killed_run_resumes_with_every_path_once(embedded, images):
     assert 0 < len(first) < N_IMAGES and len(list(embedded["out"].glob("part-*"))) > 1
     assert sorted(frame["path"]) == sorted([*source_paths(images), *embedded["urls"]])
     missing, failed = len(frame) - len(first), 3 - first["error"].notna().sum()
-    assert embedded["code"] == 0
+    assert embedded["code"] == 0 and embedded["stale_lock"] and not embedded["index_after_kill"]
+    assert not (embedded["out"] / ".lock").exists()
     assert (
         f"{missing} embedded ({failed} unreadable), {len(first)} there before"
         in (embedded["printed"])
@@ -195,16 +207,71 @@ def test_another_model_is_refused(images, tiny_model, tmp_path):
         search_index(folder, "A chest X-ray.", model=tiny_model)
 
 
-def test_source_paths(tmp_path):
-    table = tmp_path / "list.csv"
+def test_source_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    table = Path("tables") / "list.csv"  # relative paths: from the table's folder
+    table.parent.mkdir()
     pd.DataFrame({"path": ["b.png", "a.png", "b.png", "s3://bucket/c.png"]}).to_csv(table)
-    expected = [str(Path.cwd() / "b.png"), str(Path.cwd() / "a.png"), "s3://bucket/c.png"]
+    here = tmp_path / "tables"
+    expected = [str(here / "b.png"), str(here / "a.png"), "s3://bucket/c.png"]
     assert source_paths(table) == expected
-    pd.read_csv(table).to_parquet(tmp_path / "list.parquet")
-    assert source_paths(tmp_path / "list.parquet") == expected
+    pd.read_csv(table).to_parquet(here / "list.parquet")
+    assert source_paths(here / "list.parquet") == expected
+    pd.DataFrame({"path": ["a.png", None]}).to_csv(table)
+    with pytest.raises(ValueError, match="empty or non-text path cells"):
+        source_paths(table)
     pd.DataFrame({"file": ["a.png"]}).to_csv(table)
     with pytest.raises(ValueError, match="no 'path' column"):
         source_paths(table)
+
+
+def test_inputs_refused_before_any_ray_work(images, tiny_model, tmp_path):
+    with pytest.raises(TypeError, match="registered name"):
+        embed_dataset(images, tmp_path, model=tiny_model)
+    with pytest.raises(ValueError, match="local or NFS folder"):
+        embed_dataset(images, "s3://bucket/out", **TINY)
+    (tmp_path / "part-0.parquet").write_bytes(b"PAR1 not a shard")
+    (tmp_path / ".lock").write_text(f"another-host {os.getpid()}")
+    with pytest.raises(ShardMismatchError, match=r"\.lock \(another-host \d+\): another run"):
+        embed_dataset(images, tmp_path, **TINY)  # the shards are read under the lock only
+    (tmp_path / ".lock").unlink()
+    with pytest.raises(ShardMismatchError, match="part-0.parquet is not a readable shard"):
+        embed_dataset(images, tmp_path, **TINY)
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_non_utf8_names_are_error_rows(tiny_model, tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / os.fsdecode(b"img_\xff.png"))
+    for _ in range(2):  # the rerun finds it done
+        summary = embed_dataset(folder, out, **TINY)
+    frame = pd.read_parquet(out)
+    assert summary.done_before == 1 and len(frame) == 1
+    assert frame["path"][0].endswith("img_\\xff.png") and "not valid UTF-8" in frame["error"][0]
+
+
+def test_index_is_rebuilt_shard_by_shard_once_per_path_and_stale_is_refused(tiny_model, tmp_path):
+    rows = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
+    write_shard(
+        tmp_path / "part-a.parquet", ["x", "y"], rows[:2], [None, "bad"], tiny_model.fingerprint
+    )
+    write_shard(
+        tmp_path / "part-b.parquet", ["x", "y"], rows[1:], [None, None], tiny_model.fingerprint
+    )
+    info = build_index(tmp_path)  # a second run's rows for the same paths are left out
+    assert (info["vectors"], info["rows"], info["shards"]) == (
+        2,
+        4,
+        ["part-a.parquet", "part-b.parquet"],
+    )
+    found = search_index(tmp_path, "A chest X-ray.", k=2, model=tiny_model).set_index("path")
+    q = tiny_model.encode_texts(["A chest X-ray."]).numpy()[0]
+    expected = rows[[0, 2]] @ q / np.linalg.norm(rows[[0, 2]], axis=1)
+    np.testing.assert_allclose(found.loc[["x", "y"], "score"], expected, atol=1e-5)
+    (tmp_path / "part-b.parquet").unlink()
+    with pytest.raises(ShardMismatchError, match="stale: run build_index"):
+        search_index(tmp_path, "A chest X-ray.", model=tiny_model)
 
 
 NO_EXTRA = """
@@ -224,3 +291,62 @@ def test_without_the_extra_the_cli_says_how_to_install_it(images, tmp_path):
     assert done.stdout.split() == ["1", "1"]
     assert done.stderr.count('pip install "mmkd-utils[scale]"') == 2
     assert "Traceback" not in done.stderr
+
+
+class _FakeRay:
+    """Just enough of ray for scale._batches: records the actor pool it is asked for."""
+
+    def __init__(self, resources):
+        self.resources, self.pools, self.data = resources, [], self
+
+    def is_initialized(self):
+        return True
+
+    def cluster_resources(self):
+        return self.resources
+
+    def ActorPoolStrategy(self, **kwargs):  # noqa: N802 (ray's name)
+        self.pools.append(kwargs)
+        return kwargs
+
+    def from_items(self, items, override_num_blocks):
+        return self
+
+    def map_batches(self, *args, **kwargs):
+        return types.SimpleNamespace(
+            context=types.SimpleNamespace(), iter_batches=lambda **kw: iter([])
+        )
+
+
+@pytest.mark.parametrize(
+    ("resources", "concurrency", "num_gpus", "pool"),
+    [
+        ({"CPU": 16, "memory": 8 * 2**30}, None, 0, {"min_size": 1, "max_size": 4}),  # 2 GiB each
+        ({"CPU": 2, "memory": 64 * 2**30}, None, 0, {"min_size": 1, "max_size": 2}),
+        ({"CPU": 8, "GPU": 2, "memory": 64 * 2**30}, None, 0.5, {"min_size": 1, "max_size": 4}),
+        ({"CPU": 1, "memory": 2**29}, None, 0, {"min_size": 1, "max_size": 1}),
+        ({"CPU": 16, "memory": 8 * 2**30}, 3, 0, {"size": 3}),
+    ],
+)
+def test_the_actor_pool_fits_cpus_memory_and_gpus(
+    tiny_model, resources, concurrency, num_gpus, pool
+):
+    ray_ = _FakeRay(resources)
+    named = ("mmkd-clip", None, None)
+    assert list(scale._batches(ray_, ["a.png"], 8, concurrency, num_gpus, tiny_model, named)) == []
+    assert ray_.pools == [pool]
+
+
+def test_a_shard_is_flushed_before_and_after_its_rename(tiny_model, tmp_path, monkeypatch):
+    flushed, fsync = [], os.fsync
+
+    def record(fd):  # which file or folder (Linux's /proc)
+        flushed.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    write_shard(
+        tmp_path / "part-a.parquet", ["x"], np.ones((1, 64)), [None], tiny_model.fingerprint
+    )
+    assert len(flushed) == 2 and flushed[1] == tmp_path
+    assert flushed[0].name.startswith(".part-a.parquet.") and flushed[0].suffix == ".tmp"

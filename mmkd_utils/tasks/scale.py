@@ -6,11 +6,12 @@ each written whole, so a rerun embeds only what is missing; :func:`build_index` 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 import urllib.request
@@ -44,9 +45,10 @@ FINGERPRINT_KEY = b"mmkd.fingerprint"
 SHARDS = "part-*.parquet"
 #: The index folder; pyarrow and pandas skip names that start with "_" or "." in a dataset.
 INDEX_DIR = "_index"
-#: Up to this many vectors ``kind="auto"`` builds an exact index: faiss's wiki ("Indexing 1M
-#: vectors") finds exhaustive search too slow around 1M; above, HNSW with 32 links per vector,
-#: "very fast and accurate" if RAM allows ("Guidelines to choose an index": (4·d + 256) B each).
+#: Up to this many vectors ``kind="auto"`` builds an exact index: this project's limit on query
+#: time (a flat query over 200,000 × 512 took 0.09–0.14 s on 2 cores: ~0.5 s or more at 1M).
+#: Above, HNSW with 32 links per vector: (4·d + 256) B each (faiss wiki, "Guidelines to choose
+#: an index").
 EXACT_LIMIT = 1_000_000
 #: Variables passed on to the actors (a local cluster's workers keep those of its start).
 PASSED_ON = (*ENV_VARS, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
@@ -62,8 +64,8 @@ def _need(name: str) -> Any:
 
 def source_paths(source: Any) -> list[str]:
     """The images of ``source``: a folder (:func:`list_images`), a list of paths or URLs, or
-    a ``.parquet``/``.csv`` file with a ``path`` column. Local paths become absolute (from
-    the current folder); a path listed twice is kept once.
+    a ``.parquet``/``.csv`` file with a ``path`` column (relative paths from the table's
+    folder, others from the current one); a path listed twice is kept once.
 
     Example:
         >>> [Path(p).name for p in source_paths(imgs)][:2]
@@ -77,7 +79,9 @@ def source_paths(source: Any) -> list[str]:
             table = pd.read_parquet(src) if src.suffix.lower() == ".parquet" else pd.read_csv(src)
             if "path" not in table.columns:
                 raise ArgumentError(f"{src} has no 'path' column (it has {list(table.columns)}).")
-            items = table["path"].tolist()
+            if any(not isinstance(p, str) for p in table["path"]):
+                raise ArgumentError(f"{src} has empty or non-text path cells: fill or drop them.")
+            items = [p if "://" in p else src.parent / os.path.expanduser(p) for p in table["path"]]
         else:
             raise ImageLoadError(
                 f"source={str(source)!r} is not a folder nor a .parquet/.csv file (from "
@@ -168,22 +172,23 @@ def write_shard(path: Any, paths: Any, embeddings: Any, errors: list, fingerprin
     """
     pa, pq = _need("pyarrow"), _need("pyarrow.parquet")
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    failed = np.array([bool(e) for e in errors], dtype=bool)
-    column = pa.FixedSizeListArray.from_arrays(
-        pa.array(emb.reshape(-1)), emb.shape[1], mask=pa.array(failed)
-    )
-    table = pa.table(
-        {
-            "path": pa.array([str(p) for p in paths], pa.string()),
-            "embedding": column,
-            "error": pa.array([e if e else None for e in errors], pa.string()),
-        }
-    ).replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode()})
+    flat, failed = pa.array(emb.reshape(-1)), pa.array([bool(e) for e in errors])
+    column = pa.FixedSizeListArray.from_arrays(flat, emb.shape[1], mask=failed)
+    names = pa.array([str(p) for p in paths], pa.string())
+    reasons = pa.array([e if e else None for e in errors], pa.string())
+    table = pa.table({"path": names, "embedding": column, "error": reasons})
+    table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode()})
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:  # on the disk before the rename, the rename after it
+            os.fsync(f.fileno())
         os.replace(tmp, target)
+        if hasattr(os, "O_DIRECTORY"):  # POSIX
+            folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(folder)
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
     return target
@@ -193,7 +198,10 @@ def _shards(folder: Path, fingerprint: str | None = None) -> tuple[list[Path], s
     """The shards of ``folder`` and their fingerprint; every one must match ``fingerprint``."""
     pq, files = _need("pyarrow.parquet"), sorted(folder.glob(SHARDS))
     for file in files:
-        found = (pq.read_schema(file).metadata or {}).get(FINGERPRINT_KEY, b"").decode()
+        try:
+            found = (pq.read_schema(file).metadata or {}).get(FINGERPRINT_KEY, b"").decode()
+        except _need("pyarrow").ArrowException as err:
+            raise ShardMismatchError(f"{file} is not a readable shard ({err}): delete it.") from err
         if fingerprint is not None and found != fingerprint:
             raise ShardMismatchError(
                 f"{folder} holds embeddings of another model ({file.name}: fingerprint "
@@ -243,13 +251,16 @@ def embed_dataset(
     resume: bool = True,
     text_encoder: str | os.PathLike | None = None,
 ) -> EmbedSummary:
-    """Embed the images of ``source`` (see :func:`source_paths`) on Ray into Parquet shards.
+    """Embed the images of ``source`` (see :func:`source_paths`) on Ray into Parquet shards
+    of at most ``batch_size`` rows (one per batch: many small files for millions of images).
 
-    Connects to the cluster of ``RAY_ADDRESS`` or one this process is connected to, else
-    starts a local one (left running; ``ray.shutdown()`` stops it). ``concurrency``: actors
-    (None: Ray scales the pool from 1 to what the cluster holds); ``num_gpus`` per actor
-    (0: CPU). ``model``, ``checkpoint``, ``text_encoder`` as :func:`load_named`; the driver
-    loads the model too, for its fingerprint. ``resume=False`` deletes the shards first.
+    Ray: ``RAY_ADDRESS``, this process's cluster or this machine's ``ray start``, else a new
+    local one. ``concurrency``: actors (None: 1 up to one per GPU, or per CPU and 2 GiB of
+    Ray's memory, as each holds a model: ~1 GB for the released one); ``num_gpus`` per actor.
+    ``model``: a registered name, with ``checkpoint``, ``text_encoder`` (:func:`load_named`).
+    ``output_dir``: local or NFS (POSIX renames), one run at a time (a ``.lock`` file). Rows
+    with an error count as done: to retry them, delete the shards that hold them (or pass
+    ``resume=False``, which deletes every shard first).
 
     Example:
         >>> embed_dataset(imgs, tmp, batch_size=0)
@@ -260,41 +271,38 @@ def embed_dataset(
     actors = pipeline.check_count(concurrency, "concurrency", None)
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, (int, float)) or num_gpus < 0:
         raise ArgumentError(f"num_gpus={num_gpus!r}: pass the GPUs per actor, ≥ 0 (0: CPU).")
+    if isinstance(model, MMKDModel):  # every actor would receive a copy
+        why = "pass model= its registered name (and checkpoint= its weights), not a loaded model"
+        raise ArgumentTypeError(f"{why}: each actor loads its own.")
+    if "://" in str(output_dir):
+        raise ArgumentError(f"output_dir={output_dir!r}: shards need a local or NFS folder.")
     paths, out = source_paths(source), Path(output_dir).expanduser()
     local = [checkpoint, text_encoder]  # the actors' working folder is not this one
     checkpoint, text_encoder = (os.path.abspath(p) if p and os.path.exists(p) else p for p in local)
     ray, pq = _need("ray"), _need("pyarrow.parquet")
-    clip = load_named(model, checkpoint, text_encoder)
-    if not resume:
-        for file in out.glob(SHARDS):
-            file.unlink()
-        shutil.rmtree(out / INDEX_DIR, ignore_errors=True)
-    files, _ = _shards(out, clip.fingerprint)
-    done: set[str] = set()
-    for file in files:
-        done.update(pq.read_table(file, columns=["path"]).column("path").to_pylist())
-    todo = [p for p in paths if p not in done]
+    named = (model, checkpoint, text_encoder)
+    clip = load_named(*named)
+    out.mkdir(parents=True, exist_ok=True)
     start, failed, first = time.perf_counter(), 0, (float("nan"), 0)
-    if todo:
-        out.mkdir(parents=True, exist_ok=True)
-        if not ray.is_initialized():
-            ray.init()  # RAY_ADDRESS if set, else a new local cluster
-        blocks = math.ceil(len(todo) / size)
-        data = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-        data = data.map_batches(
-            _Embedder,
-            fn_constructor_args=(model, checkpoint, text_encoder, "cuda" if num_gpus else "cpu"),
-            fn_constructor_kwargs={"fingerprint": clip.fingerprint},
-            batch_size=None,  # a block (≤ batch_size images) per call: no regrouping
-            num_gpus=num_gpus or None,
-            compute=ray.data.ActorPoolStrategy(size=actors) if actors else None,
-            runtime_env={"env_vars": {k: os.environ[k] for k in PASSED_ON if k in os.environ}},
-        )
-        data.context.enable_progress_bars = False  # one bar, ours
+    with _lock(out):  # what is done, then the rest: one run at a time
+        for file in out.glob(SHARDS) if not resume else ():
+            file.unlink()
+        files, _ = _shards(out, clip.fingerprint)
+        done = set(pq.read_table(files, columns=["path"])["path"].to_pylist()) if files else set()
+        todo = [p for p in paths if _text(p) not in done]
+        if todo:
+            shutil.rmtree(out / INDEX_DIR, ignore_errors=True)  # stale once a shard is added
         run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        bar = tqdm(total=len(paths), initial=len(paths) - len(todo), unit="image", disable=None)
+        bad = [_text(p) for p in todo if _text(p) != p]
+        if bad:  # pyarrow strings are UTF-8
+            why = ["file name is not valid UTF-8; rename it"] * len(bad)
+            nan = np.full((len(bad), clip.embed_dim), np.nan, np.float32)
+            write_shard(out / f"part-{run}-names.parquet", bad, nan, why, clip.fingerprint)
+        failed, good = len(bad), [p for p in todo if _text(p) == p]
+        batches = _batches(ray, good, size, actors, num_gpus, clip, named) if good else []
+        bar = tqdm(total=len(paths), initial=len(paths) - len(good), unit="image", disable=None)
         with bar:
-            for n, batch in enumerate(data.iter_batches(batch_size=None, batch_format="numpy")):
+            for n, batch in enumerate(batches):
                 errors = batch["error"].tolist()
                 shard = out / f"part-{run}-{n:06d}.parquet"
                 write_shard(shard, batch["path"], batch["embedding"], errors, clip.fingerprint)
@@ -303,6 +311,63 @@ def embed_dataset(
                 bar.update(len(errors))
     seconds = time.perf_counter() - start
     return EmbedSummary(out, len(paths), len(paths) - len(todo), len(todo), failed, seconds, *first)
+
+
+def _batches(ray, todo: list, size: int, actors, num_gpus: float, clip, named: tuple):
+    """The embedded batches of ``todo`` from a pool of ``_Embedder`` actors."""
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS, else the last `ray start` here, else a new local cluster
+    if actors:
+        pool = ray.data.ActorPoolStrategy(size=actors)
+    else:  # a model per actor: ~1 GB in fp32 for the released one
+        res = ray.cluster_resources()
+        cpu = min(res.get("CPU", 1), res.get("memory", 2**31) / 2**31)
+        most = max(1, int(res.get("GPU", 0) / num_gpus if num_gpus else cpu))
+        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=most)
+    blocks = -(-len(todo) // size)
+    data = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
+    data = data.map_batches(
+        _Embedder,
+        fn_constructor_args=(*named, "cuda" if num_gpus else "cpu"),
+        fn_constructor_kwargs={"fingerprint": clip.fingerprint},
+        batch_size=None,  # a block (≤ batch_size images) per call: no regrouping
+        num_gpus=num_gpus or None,
+        compute=pool,
+        runtime_env={"env_vars": {k: os.environ[k] for k in PASSED_ON if k in os.environ}},
+    )
+    data.context.enable_progress_bars = False  # one bar, ours
+    yield from data.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _text(path: str) -> str:
+    """``path`` with the bytes of a non-UTF-8 file name escaped (``\\xff``)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@contextlib.contextmanager
+def _lock(out: Path):
+    """Hold ``out/.lock`` (host, pid) while embedding; taken over from a dead process here."""
+    lock, host = out / ".lock", socket.gethostname()
+    owner = lock.read_text(encoding="utf-8") if lock.exists() else ""
+    where, _, pid = owner.partition(" ")
+    if os.name == "posix" and where == host and pid.isdigit():  # Windows: os.kill kills
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its run was killed
+            lock.unlink(missing_ok=True)
+        except PermissionError:  # another user's
+            pass
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        why = f"{lock} ({owner}): another run writes into {out}. Wait, or delete it if none does."
+        raise ShardMismatchError(why) from None
+    os.write(fd, f"{host} {os.getpid()}".encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def build_index(output_dir: str | os.PathLike, *, kind: str = "auto") -> dict[str, Any]:
@@ -324,27 +389,34 @@ def build_index(output_dir: str | os.PathLike, *, kind: str = "auto") -> dict[st
     files, fingerprint = _shards(folder)
     if not files:
         raise ArgumentError(f"{folder} holds no shards ({SHARDS}): run embed_dataset first.")
-    table = pq.read_table(files, columns=["path", "embedding", "error"])
-    table = table.filter(table.column("error").is_null())
-    if table.num_rows == 0:
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    kind = ("flat" if rows <= EXACT_LIMIT else "hnsw") if kind == "auto" else kind
+    dim = pq.read_schema(files[0]).field("embedding").type.list_size
+    spec = {"flat": "Flat", "hnsw": "HNSW32"}[kind]  # HNSW: 32 links per vector
+    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    if kind == "hnsw":
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", 64)
+    paths: dict[str, None] = {}
+    for file in files:  # shard by shard: one copy of the vectors, in the index
+        table = pq.read_table(file, columns=["path", "embedding", "error"])
+        pairs = zip(*table.select(["path", "error"]).to_pydict().values(), strict=True)
+        keep = [p not in paths and not e for p, e in pairs]
+        table = table.filter(keep)
+        paths.update(dict.fromkeys(table.column("path").to_pylist()))  # two runs: once each
+        emb = table.column("embedding").combine_chunks().flatten().to_numpy()
+        vectors = np.ascontiguousarray(emb.reshape(table.num_rows, dim), np.float32)
+        faiss.normalize_L2(vectors)
+        index.add(vectors)
+    if not paths:
         raise ImageLoadError(f"Every image in {folder} failed (see its error column).")
-    emb = table.column("embedding").combine_chunks()
-    vectors = np.ascontiguousarray(emb.flatten().to_numpy().reshape(len(emb), -1), np.float32)
-    faiss.normalize_L2(vectors)
-    n, dim = vectors.shape
-    kind = ("flat" if n <= EXACT_LIMIT else "hnsw") if kind == "auto" else kind
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = 64
-    index.add(vectors)
     target = folder / INDEX_DIR
     tmp = folder / f".{INDEX_DIR}.{uuid.uuid4().hex[:8]}"  # the new index replaces the old whole
     tmp.mkdir()
     faiss.write_index(index, str(tmp / "index.faiss"))
-    pq.write_table(table.select(["path"]), tmp / "paths.parquet")
-    info = {"kind": kind, "vectors": n, "dim": dim, "fingerprint": fingerprint}
+    pq.write_table(_need("pyarrow").table({"path": list(paths)}), tmp / "paths.parquet")
+    names = [f.name for f in files]  # search_index: stale if they changed
+    info = {"kind": kind, "vectors": len(paths), "dim": dim, "fingerprint": fingerprint}
+    info |= {"rows": rows, "shards": names}
     (tmp / "index.json").write_text(json.dumps(info), encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
@@ -379,6 +451,8 @@ def search_index(
     if not (folder / "index.json").is_file():
         raise ArgumentError(f"No index in {folder.parent}: run build_index on it first.")
     info = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    if info.get("shards") != [f.name for f in sorted(folder.parent.glob(SHARDS))]:
+        raise ShardMismatchError(f"The index in {folder.parent} is stale: run build_index.")
     clip = load_named(model, checkpoint, text_encoder)
     if clip.fingerprint != info["fingerprint"]:
         raise ShardMismatchError(
@@ -393,11 +467,6 @@ def search_index(
         raise ArgumentTypeError(f"query must be a prompt (str) or an image, not {query!r}.")
     scores, ids = faiss.read_index(str(folder / "index.faiss")).search(vector.numpy(), k)
     paths = pq.read_table(folder / "paths.parquet").column("path").to_pylist()
-    hits = [(i, s) for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True) if i >= 0]
-    return pd.DataFrame(
-        {
-            "rank": range(1, len(hits) + 1),
-            "path": [paths[i] for i, _ in hits],
-            "score": [s for _, s in hits],
-        }
-    )
+    ok = ids[0] >= 0  # fewer than k vectors: -1
+    found = {"path": [paths[i] for i in ids[0][ok]], "score": scores[0][ok].tolist()}
+    return pd.DataFrame({"rank": range(1, ok.sum() + 1), **found})
