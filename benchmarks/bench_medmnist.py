@@ -28,16 +28,15 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_benchmarks import (  # noqa: E402
+    add_model_options,
+    model_files,
     paired_ratio,
     paired_times,
     spread,
-    write_random_checkpoint,
-    write_text_encoder,
 )
 
 #: Images per forward pass in the plain loop (the pipeline uses the model's default, 32 on CPU).
@@ -96,22 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256, help="images in the split (256)")
     parser.add_argument("--reps", type=int, default=5, help="back-to-back pairs (5)")
-    parser.add_argument("--scratch", type=Path, default=None, help="for the random checkpoint")
-    parser.add_argument("--checkpoint", type=Path, help="a .pth (default: full-size, random)")
-    parser.add_argument("--text-encoder", type=Path, help="its text encoder folder")
+    add_model_options(parser)
     parser.add_argument("--min-ratio", type=float, default=1.0)
     parser.add_argument("--json", action="store_true", help="print a JSON line last")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench_medmnist_"))
-    scratch.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MMKD_HOME", str(scratch / "home_medmnist"))
-    checkpoint, text = args.checkpoint, args.text_encoder
-    if checkpoint is None:
-        checkpoint, text = scratch / "MMKD_B16_random.pth", scratch / "biomedbert-config"
-        write_random_checkpoint(checkpoint)
-        write_text_encoder(text)
+    scratch, checkpoint, text = model_files(args, "medmnist")
 
     import torch
 

@@ -30,12 +30,11 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmarks import write_random_checkpoint, write_text_encoder  # noqa: E402
+from run_benchmarks import add_model_options, model_files  # noqa: E402
 
 
 def write_images(root: Path, n: int, size: int = 256) -> None:
@@ -55,21 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=96, help="images (96)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
     parser.add_argument("--reps", type=int, default=3, help="runs of each set-up (3)")
-    parser.add_argument("--scratch", type=Path, default=None, help="for the random checkpoint")
-    parser.add_argument("--checkpoint", type=Path, help="a .pth (default: full-size, random)")
-    parser.add_argument("--text-encoder", type=Path, help="its text encoder folder")
+    add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON line last")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench_scale_"))
-    scratch.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MMKD_HOME", str(scratch / "home_scale"))
-    checkpoint, text = args.checkpoint, args.text_encoder
-    if checkpoint is None:
-        checkpoint, text = scratch / "MMKD_B16_random.pth", scratch / "biomedbert-config"
-        write_random_checkpoint(checkpoint)
-        write_text_encoder(text)
+    scratch, checkpoint, text = model_files(args, "scale")
     images = scratch / "scale_images"
     write_images(images, args.images)
 

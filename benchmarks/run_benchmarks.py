@@ -131,6 +131,32 @@ def write_text_encoder(folder: Path) -> None:
     )
 
 
+def add_model_options(parser) -> None:
+    """``--scratch``, ``--checkpoint`` and ``--text-encoder``, for :func:`model_files`."""
+    parser.add_argument("--scratch", type=Path, default=None, help="for the random checkpoint")
+    parser.add_argument("--checkpoint", type=Path, help="a .pth (default: full-size, random)")
+    parser.add_argument("--text-encoder", type=Path, help="its text encoder folder")
+
+
+def model_files(args, name: str) -> tuple[Path, Path, Path]:
+    """(scratch folder, checkpoint, text encoder) for a sibling benchmark called ``name``.
+
+    ``--checkpoint``/``--text-encoder`` if given, else full-size random weights written
+    into ``--scratch`` (a new temporary folder by default); ``MMKD_HOME`` defaults to a
+    folder there and the hub is offline.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix=f"bench_{name}_"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MMKD_HOME", str(scratch / f"home_{name}"))
+    checkpoint, text = args.checkpoint, args.text_encoder
+    if checkpoint is None:
+        checkpoint, text = scratch / "MMKD_B16_random.pth", scratch / "biomedbert-config"
+        write_random_checkpoint(checkpoint)
+        write_text_encoder(text)
+    return scratch, checkpoint, text
+
+
 def demo_sized_images(folder: Path) -> list[Path]:
     """The published demo images if present locally, else random images of their sizes."""
     import mmkd_utils.config as paths
